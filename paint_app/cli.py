@@ -1,0 +1,132 @@
+"""``paint-app``: serve the painting app (default), render a session file, list features."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sae.errors import SAEError
+
+from .errors import PaintError
+
+
+def _add_model_args(parser: argparse.ArgumentParser, model_default: str | None = "toy") -> None:
+    parser.add_argument("--model", default=model_default,
+                        help="short name (toy, tiny-random-sd, tiny-random-sdxl), hub id or local folder"
+                             + (f" (default: {model_default})" if model_default else " (default: the session's)"))
+    parser.add_argument("--sae", action="append", default=[], metavar="PATH",
+                        help="an SAE folder, hf://owner/repo/subfolder, or BLOCK=PATH; repeat for several blocks "
+                             "(default: the SAEs shipped with the model)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paint-app", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="start the painting app in the browser (the default command)")
+    _add_model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--share", action="store_true", help="make a public gradio.live link")
+
+    render = sub.add_parser("render", help="render a session file to an image")
+    render.add_argument("session", help="session JSON file")
+    render.add_argument("--out", required=True, help="output image (PNG)")
+    _add_model_args(render, model_default=None)
+
+    features = sub.add_parser("features", help="list the features (and factors) a model can be painted with")
+    _add_model_args(features)
+    features.add_argument("--block", help="only this block")
+    features.add_argument("--search", help="only features whose label holds all these words")
+    features.add_argument("--factors", action="store_true", help="list factors instead of features")
+    features.add_argument("--json", action="store_true", help="one JSON object per line")
+    features.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in (None, "serve"):
+            return _serve(args)
+        if args.command == "render":
+            return _render(args)
+        return _features(args)
+    except (PaintError, SAEError) as exc:
+        print(f"paint-app: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def load_engine(model: str, sae_paths: list[str], device: str = "auto"):
+    """A model and its concepts, ready to render."""
+    from .concepts import ConceptLibrary
+    from .engine import Engine
+    from .models import load_model
+
+    loaded = load_model(model, device=device)
+    concepts = ConceptLibrary.load(sae_paths, loaded.profile, device=loaded.device)
+    return Engine(loaded, concepts)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    defaults = build_parser().parse_args(["serve"])
+    for key, value in vars(defaults).items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
+    try:
+        from .ui import serve
+    except ImportError as exc:
+        print(f"paint-app: the painting app is not available in this build ({exc})", file=sys.stderr)
+        return 0
+    serve(model=args.model, sae_paths=args.sae, device=args.device, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from .session import load_session
+
+    session = load_session(args.session)
+    if args.model:
+        session.model = args.model
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".webp"):
+        raise PaintError(f"--out is {str(out)!r}; allowed: a .png or .webp file (lossless, to compare pixels)")
+    if not out.parent.is_dir():
+        raise PaintError(f"--out is {str(out)!r}; its folder does not exist")
+    engine = load_engine(session.model, args.sae or session.saes, args.device)
+    image = engine.generate(session)
+    tmp = out.with_name(out.name + ".tmp" + out.suffix)
+    image.save(tmp, lossless=True) if out.suffix.lower() == ".webp" else image.save(tmp)
+    tmp.replace(out)
+    print(f"wrote {out} ({image.width}x{image.height})")
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from .concepts import ConceptLibrary
+    from .models import PROFILES, load_model
+
+    profile = PROFILES.get(args.model) or load_model(args.model, device="cpu").profile
+    concepts = ConceptLibrary.load(args.sae, profile, device="cpu")
+    if not concepts.blocks:
+        raise PaintError(f"model {args.model!r} has no SAEs; pass --sae PATH (an SAE folder or hf://...)")
+    rows = (concepts.factor_rows if args.factors else concepts.feature_rows)(args.block, args.search)
+    if args.limit > 0:
+        rows = rows[: args.limit]
+    if not rows and args.search:
+        print(f"paint-app: no {'factor' if args.factors else 'feature'} label matches {args.search!r}", file=sys.stderr)
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        elif args.factors:
+            print(f"{row['block']}\tfactor {row['factor']}\t{row['label']}")
+        else:
+            print(f"{row['block']}\t{row['feature']}\t{row['frequency']:.4f}\t{row['label']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

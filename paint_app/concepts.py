@@ -1,0 +1,149 @@
+"""The concepts a model can be painted with: per block, its SAE, feature labels and factors."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sae.errors import SAEError
+from sae.factors import Factors, load_factors
+from sae.labels import Label, load_labels
+from sae.model import SAE, resolve_path
+
+from .errors import ModelError, PaintError
+from .models import ModelProfile
+
+_BLOCK_IN_NAME = re.compile(r"((?:down_blocks|up_blocks)\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+)")
+
+
+@dataclass
+class BlockConcepts:
+    block: str
+    sae: SAE
+    source: str
+    labels: dict[int, Label] = field(default_factory=dict)
+    factors: Factors | None = None
+
+    def label(self, feature: int) -> str:
+        entry = self.labels.get(feature)
+        return entry.label if entry else ""
+
+
+class ConceptLibrary:
+    """SAEs by block, with labels and factors; resolves a layer's concept into features and weights."""
+
+    def __init__(self, blocks: dict[str, BlockConcepts] | None = None) -> None:
+        self.blocks: dict[str, BlockConcepts] = dict(blocks or {})
+
+    @property
+    def saes(self) -> dict[str, SAE]:
+        return {name: entry.sae for name, entry in self.blocks.items()}
+
+    @classmethod
+    def load(cls, paths: list[str], profile: ModelProfile | None = None,
+             device: str | torch.device = "cpu") -> ConceptLibrary:
+        """Load SAEs from ``paths`` (``PATH`` or ``BLOCK=PATH``); with no paths, those shipped with the model."""
+        if not paths and profile is not None and profile.sae_dir is not None and Path(profile.sae_dir).is_dir():
+            paths = [str(p) for p in sorted(Path(profile.sae_dir).iterdir()) if p.is_dir()]
+        library = cls()
+        for spec in paths:
+            library.add(spec, profile, device)
+        return library
+
+    def add(self, spec: str, profile: ModelProfile | None = None, device: str | torch.device = "cpu") -> BlockConcepts:
+        block, _, path = spec.rpartition("=") if "=" in spec and not spec.startswith("hf://") else ("", "", spec)
+        try:
+            folder = resolve_path(path)
+            sae = SAE.from_pretrained(folder, device=device)
+        except SAEError as exc:
+            raise ModelError(f"--sae {spec!r}: {exc}") from None
+        block = block or sae.config.block or _block_from_name(str(folder))
+        if not block:
+            raise ModelError(f"--sae {spec!r}: the SAE does not say which block it reads; "
+                             "write it as BLOCK=PATH, e.g. down_blocks.2.attentions.1=PATH")
+        if profile is not None:
+            known = {b.name: b for b in profile.blocks}
+            if known and block not in known:
+                raise ModelError(f"--sae {spec!r} reads block {block!r}; model {profile.name} has blocks: "
+                                 f"{', '.join(known)}")
+            if block in known and known[block].channels != sae.d_in:
+                raise ModelError(f"--sae {spec!r} reads vectors of size {sae.d_in}, but block {block!r} of "
+                                 f"{profile.name} has {known[block].channels} channels")
+        sae.config.block = block
+        entry = BlockConcepts(block, sae, spec, load_labels(folder), load_factors(folder))
+        self.blocks[block] = entry
+        return entry
+
+    def get(self, block: str, field_name: str = "block") -> BlockConcepts:
+        if block not in self.blocks:
+            raise ModelError(f"{field_name} is {block!r} but no SAE is loaded for that block; "
+                             f"SAEs are loaded for: {', '.join(sorted(self.blocks)) or 'no block'}")
+        return self.blocks[block]
+
+    def resolve(self, layer, where: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """Features and weights of a session layer's concept (a feature, a factor or a weighted mix)."""
+        entry = self.get(layer.block, f"{where}.block")
+        if layer.feature is not None:
+            entry.sae.check_feature(layer.feature, f"{where}.feature")
+            return (layer.feature,), (1.0,)
+        if layer.factor is not None:
+            if entry.factors is None:
+                raise ModelError(f"{where}.factor is {layer.factor} but block {layer.block!r} has no factors file "
+                                 "(factors.safetensors beside its SAE); make one with `sae factors`")
+            if not 0 <= layer.factor < entry.factors.n_factors:
+                raise ModelError(f"{where}.factor is {layer.factor}; block {layer.block!r} has factors "
+                                 f"0..{entry.factors.n_factors - 1}")
+            weights = entry.factors.features_of(layer.factor)
+            return tuple(weights), tuple(weights.values())
+        for feature in layer.features:
+            entry.sae.check_feature(feature, f"{where}.features key")
+        return tuple(layer.features), tuple(layer.features.values())
+
+    def feature_rows(self, block: str | None = None, search: str | None = None) -> list[dict]:
+        """One row per feature (block, feature, label, score, source, frequency, sigma), optionally filtered."""
+        if block is not None:
+            self.get(block)
+        words = [w for w in (search or "").lower().split() if w]
+        rows = []
+        for name, entry in sorted(self.blocks.items()):
+            if block is not None and name != block:
+                continue
+            frequency = entry.sae.feature_frequency.tolist()
+            sigma = entry.sae.feature_mean.tolist()
+            for feature in range(entry.sae.n_features):
+                label = entry.labels.get(feature)
+                text = label.label if label else ""
+                if words and not all(w in text.lower() for w in words):
+                    continue
+                rows.append({"block": name, "feature": feature, "label": text,
+                             "score": round(label.score, 4) if label else 0.0,
+                             "source": label.source if label else "", "frequency": frequency[feature],
+                             "sigma": sigma[feature]})
+        if words:
+            rows.sort(key=lambda row: -row["score"])
+        return rows
+
+    def factor_rows(self, block: str | None = None, search: str | None = None) -> list[dict]:
+        words = [w for w in (search or "").lower().split() if w]
+        rows = []
+        for name, entry in sorted(self.blocks.items()):
+            if entry.factors is None or (block is not None and name != block):
+                continue
+            for factor, label in enumerate(entry.factors.labels):
+                if words and not all(w in label.lower() for w in words):
+                    continue
+                top = entry.factors.features_of(factor)
+                rows.append({"block": name, "factor": factor, "label": label,
+                             "features": {str(f): round(w, 4) for f, w in list(top.items())[:8]}})
+        return rows
+
+
+def _block_from_name(text: str) -> str:
+    found = _BLOCK_IN_NAME.findall(text)
+    return found[-1] if found else ""
+
+
+__all__ = ["BlockConcepts", "ConceptLibrary", "PaintError"]

@@ -1,0 +1,123 @@
+"""generate(session) -> image, on one loaded pipeline shared by every request.
+
+The one place for locking: a pipeline (its scheduler above all) is not safe to run from two threads at once, and
+hooks live on shared modules, so generations run one at a time under ``Engine.lock``. Per-request state lives in
+the session and the plan built from it, never on the engine, so concurrent users never see each other's edits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from .concepts import ConceptLibrary
+from .errors import PaintError
+from .models import LoadedModel
+from .session import Session
+from .steering import Edit, Plan, apply_plan
+
+PROMPT_CACHE_SIZE = 64
+
+
+@dataclass
+class Generation:
+    image: Image.Image
+    seconds: float
+    prompt_cached: bool
+
+
+class Engine:
+    def __init__(self, model: LoadedModel, concepts: ConceptLibrary | None = None) -> None:
+        self.model = model
+        self.concepts = concepts or ConceptLibrary()
+        self.lock = threading.RLock()
+        self._prompt_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+
+    @property
+    def pipeline(self):
+        return self.model.pipeline
+
+    def uses_cfg(self, session: Session) -> bool:
+        return session.guidance > 1.0 and self.pipeline.unet.config.time_cond_proj_dim is None
+
+    def plan(self, session: Session) -> Plan:
+        """The steering plan of a session: one edit per enabled layer with a non-empty mask."""
+        edits = []
+        for i, layer in enumerate(session.layers):
+            where = f"layers[{i}]"
+            if not layer.enabled:
+                continue
+            features, weights = self.concepts.resolve(layer, where)
+            mask = torch.from_numpy(layer.mask_array(session.width, session.height))
+            if not bool(mask.any()):
+                continue
+            edits.append(Edit(block=layer.block, features=features, weights=weights, mask=mask,
+                              strength=layer.strength, mode=layer.mode, step_range=layer.step_range,
+                              cond_only=layer.cond_only))
+        return Plan(edits, {edit.block: self.concepts.blocks[edit.block].sae for edit in edits})
+
+    def check_model(self, session: Session) -> None:
+        if session.model != self.model.name:
+            raise PaintError(f"model is {session.model!r}; this engine runs {self.model.name!r} "
+                             "(render with --model to override the session's model)")
+
+    def generate(self, session: Session) -> Image.Image:
+        return self.generate_timed(session).image
+
+    def generate_timed(self, session: Session) -> Generation:
+        self.check_model(session)
+        plan = self.plan(session)
+        cfg = self.uses_cfg(session)
+        with self.lock:
+            start = time.perf_counter()
+            embeds, cached = self.prompt_embeddings(session.prompt, session.negative_prompt, cfg)
+            generator = torch.Generator(device="cpu").manual_seed(session.seed)
+            with torch.no_grad(), apply_plan(self.pipeline.unet, plan, cfg=cfg):
+                output = self.pipeline(**embeds, num_inference_steps=session.steps, guidance_scale=session.guidance,
+                                       width=session.width, height=session.height, generator=generator,
+                                       output_type="pil")
+            return Generation(output.images[0], time.perf_counter() - start, cached)
+
+    def prompt_embeddings(self, prompt: str, negative_prompt: str, cfg: bool) -> tuple[dict[str, torch.Tensor], bool]:
+        """Text embeddings as pipeline keyword arguments, cached per (model, prompt, negative prompt, cfg)."""
+        key = (self.model.name, prompt, negative_prompt, cfg)
+        with self.lock:
+            if key in self._prompt_cache:
+                self._prompt_cache.move_to_end(key)
+                return self._prompt_cache[key], True
+            embeds = self._encode(prompt, negative_prompt or None, cfg)
+            self._prompt_cache[key] = embeds
+            if len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+                self._prompt_cache.popitem(last=False)
+            return embeds, False
+
+    @torch.no_grad()
+    def _encode(self, prompt: str, negative_prompt: str | None, cfg: bool) -> dict[str, torch.Tensor]:
+        pipe = self.pipeline
+        device = pipe.unet.device
+        if self.model.profile.family == "sdxl" or getattr(pipe, "text_encoder_2", None) is not None:
+            pe, npe, pooled, npooled = pipe.encode_prompt(prompt, device=device, num_images_per_prompt=1,
+                                                          do_classifier_free_guidance=cfg,
+                                                          negative_prompt=negative_prompt)
+            embeds = {"prompt_embeds": pe, "pooled_prompt_embeds": pooled}
+            if cfg:
+                embeds.update(negative_prompt_embeds=npe, negative_pooled_prompt_embeds=npooled)
+            return embeds
+        pe, npe = pipe.encode_prompt(prompt, device, 1, cfg, negative_prompt)
+        return {"prompt_embeds": pe, **({"negative_prompt_embeds": npe} if cfg else {})}
+
+    def prompt_report(self, prompt: str) -> dict:
+        """What the text encoder makes of a prompt: words it does not know, and whether it was truncated."""
+        from sae.tokenizer import unknown_words
+
+        tokenizer = self.pipeline.tokenizer
+        ids = tokenizer(prompt, truncation=False).input_ids
+        report = {"truncated": len(ids) > tokenizer.model_max_length, "unknown_words": []}
+        if self.model.name in ("toy", "tiny-random-sd", "tiny-random-sdxl"):
+            report["unknown_words"] = unknown_words(tokenizer, prompt)
+        return report

@@ -1,0 +1,182 @@
+"""Edits, plans, and the hook that applies them to a UNet block (DESIGN §5).
+
+With mask m (on the block's grid), strength s, feature f (decoder direction d_f, typical value sigma_f):
+- add:   h_out += m * s * sigma_f * d_f            (a group of features: d = sum_f w_f sigma_f d_f)
+- set:   h_out += m * (s * w_f * sigma_f - z_f) * d_f, feature by feature (the SAE's error stays in h_out)
+- erase: set with s = 0
+z_f is the SAE code of the block's site (``delta`` = h_out - h_in, or ``output`` = h_out) before any edit.
+All edits on a block are computed from the unedited activations and add up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from sae.hooks import block_input, block_output, forward_hooks, replace_block_output, site_value
+from sae.model import SAE
+from sae.pipelines import get_block
+
+from .errors import ModelError, PaintError
+
+MODES = ("add", "set", "erase")
+
+
+@dataclass
+class Edit:
+    """One concept painted on one block: its features with weights, a soft mask in image pixels, how it acts."""
+
+    block: str
+    features: tuple[int, ...]
+    mask: torch.Tensor  # [height, width] float in [0, 1], image pixels
+    weights: tuple[float, ...] = ()  # w_f per feature; empty means 1.0 each
+    strength: float = 1.0
+    mode: str = "add"
+    step_range: tuple[int, int] | None = None  # [start, end) of denoising steps; None means every step
+    cond_only: bool = False  # with classifier-free guidance, act on the conditional half only
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise PaintError(f"mode is {self.mode!r}; allowed: {', '.join(MODES)}")
+        if not self.features:
+            raise PaintError("an edit needs at least one feature")
+        if not self.weights:
+            self.weights = (1.0,) * len(self.features)
+        if len(self.weights) != len(self.features):
+            raise PaintError(f"an edit has {len(self.features)} features but {len(self.weights)} weights")
+        if not math.isfinite(self.strength):
+            raise PaintError(f"strength is {self.strength!r}; it must be a finite number")
+        if self.mask.ndim != 2:
+            raise PaintError(f"mask must be 2-D [height, width], got shape {list(self.mask.shape)}")
+
+    def active_at(self, step: int) -> bool:
+        return self.step_range is None or self.step_range[0] <= step < self.step_range[1]
+
+
+@dataclass
+class Plan:
+    """Every edit of one generation, with the SAE of each block that has edits."""
+
+    edits: list[Edit] = field(default_factory=list)
+    saes: dict[str, SAE] = field(default_factory=dict)
+
+    def blocks(self) -> list[str]:
+        return sorted({edit.block for edit in self.edits})
+
+    def validate(self) -> None:
+        for i, edit in enumerate(self.edits):
+            sae = self.saes.get(edit.block)
+            if sae is None:
+                raise ModelError(f"layers[{i}].block is {edit.block!r} but no SAE is loaded for that block; "
+                                 f"SAEs are loaded for: {', '.join(sorted(self.saes)) or 'no block'}")
+            for feature in edit.features:
+                sae.check_feature(feature, f"layers[{i}] feature")
+
+
+def grid_mask(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Area-average an image-pixel mask to a block's grid, so a thin stroke gives a small value, not nothing."""
+    if tuple(mask.shape) == tuple(grid):
+        return mask.float()
+    return F.adaptive_avg_pool2d(mask.float()[None, None], grid)[0, 0]
+
+
+class StepCounter:
+    """Counts UNet calls: the n-th call of a generation is denoising step n (one call per step, CFG batched)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @property
+    def step(self) -> int:
+        return self.calls - 1
+
+    def __call__(self, module, args) -> None:
+        self.calls += 1
+
+
+class BlockEditor:
+    """The forward hook of one block: applies the block's active edits to its output."""
+
+    def __init__(self, edits: list[Edit], sae: SAE, counter: StepCounter, cfg: bool) -> None:
+        self.edits = edits
+        self.sae = sae
+        self.counter = counter
+        self.cfg = cfg
+        self._masks: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def __call__(self, module, args, kwargs, output):
+        active = [(i, e) for i, e in enumerate(self.edits) if e.active_at(self.counter.step)]
+        if not active:
+            return None
+        h_out = block_output(output)
+        delta = self.delta(h_out, block_input(args, kwargs), active)
+        return replace_block_output(output, h_out + delta.to(h_out.dtype))
+
+    @torch.no_grad()
+    def delta(self, h_out: torch.Tensor, h_in: torch.Tensor, active: list[tuple[int, Edit]]) -> torch.Tensor:
+        """The summed change of all active edits, shaped like ``h_out`` [batch, C, H, W], in the SAE's dtype."""
+        sae = self.sae
+        batch, _, height, width = h_out.shape
+        param = sae.W_dec
+        delta = torch.zeros(batch, height, width, sae.d_in, dtype=param.dtype, device=param.device)
+        codes = None
+        if any(edit.mode != "add" for _, edit in active):
+            x = site_value(sae.config.site, h_in, h_out).permute(0, 2, 3, 1).to(param.device, param.dtype)
+            codes = sae.encode_topk(x)
+        rows = slice(batch // 2, batch) if self.cfg else slice(0, batch)
+        for index, edit in active:
+            mask = self._grid_mask(index, edit, (height, width))[..., None]  # [H, W, 1]
+            target_rows = rows if edit.cond_only else slice(0, batch)
+            sigma = sae.feature_mean[list(edit.features)]
+            weights = torch.tensor(edit.weights, dtype=param.dtype, device=param.device)
+            directions = sae.W_dec[list(edit.features)]  # [n, C]
+            if edit.mode == "add":
+                direction = (weights * sigma) @ directions
+                delta[target_rows] += mask * (edit.strength * direction)
+                continue
+            values, indices = codes
+            strength = 0.0 if edit.mode == "erase" else edit.strength
+            for feature, target, direction in zip(edit.features, strength * weights * sigma, directions):
+                z = (values * (indices == feature)).sum(-1, keepdim=True)[target_rows]  # [b, H, W, 1]
+                delta[target_rows] += mask * (target - z) * direction
+        return delta.permute(0, 3, 1, 2)
+
+    def _grid_mask(self, index: int, edit: Edit, grid: tuple[int, int]) -> torch.Tensor:
+        key = (index, *grid)
+        if key not in self._masks:
+            self._masks[key] = grid_mask(edit.mask, grid).to(self.sae.W_dec.device, self.sae.W_dec.dtype)
+        return self._masks[key]
+
+
+@contextmanager
+def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator[StepCounter]:
+    """Hooks on the planned blocks only (none when the plan is empty); always removed on exit."""
+    if not plan.edits:
+        yield StepCounter()
+        return
+    plan.validate()
+    counter = StepCounter()
+    hooks = {}
+    for block in plan.blocks():
+        try:
+            module = get_block(unet, block)
+        except Exception as exc:
+            raise ModelError(str(exc)) from None
+        sae = plan.saes[block]
+        channels = getattr(getattr(module, "config", None), "in_channels", sae.d_in)
+        if channels != sae.d_in:
+            raise ModelError(f"the SAE for block {block!r} reads vectors of size {sae.d_in}, "
+                             f"but that block has {channels} channels; use an SAE trained on this model's block")
+        edits = [edit for edit in plan.edits if edit.block == block]
+        hooks[module] = BlockEditor(edits, sae, counter, cfg)
+    counter_handle = unet.register_forward_pre_hook(counter)
+    try:
+        with forward_hooks(hooks):
+            yield counter
+    finally:
+        counter_handle.remove()
