@@ -65,10 +65,7 @@ class ConceptLibrary:
             raise ModelError(f"--sae {spec!r}: the SAE does not say which block it reads; "
                              "write it as BLOCK=PATH, e.g. down_blocks.2.attentions.1=PATH")
         if profile is not None:
-            known = {b.name: b for b in profile.blocks}
-            if known and block not in known:
-                raise ModelError(f"--sae {spec!r} reads block {block!r}; model {profile.name} has blocks: "
-                                 f"{', '.join(known)}")
+            known = {b.name: b for b in profile.blocks}  # others are checked against the UNet when painted
             if block in known and known[block].channels != sae.d_in:
                 raise ModelError(f"--sae {spec!r} reads vectors of size {sae.d_in}, but block {block!r} of "
                                  f"{profile.name} has {known[block].channels} channels")
@@ -85,6 +82,12 @@ class ConceptLibrary:
 
     def resolve(self, layer, where: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
         """Features and weights of a session layer's concept (a feature, a factor or a weighted mix)."""
+        try:
+            return self._resolve(layer, where)
+        except SAEError as exc:
+            raise ModelError(str(exc)) from None
+
+    def _resolve(self, layer, where: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
         entry = self.get(layer.block, f"{where}.block")
         if layer.feature is not None:
             entry.sae.check_feature(layer.feature, f"{where}.feature")

@@ -65,7 +65,9 @@ _TINY_BLOCKS = (
     BlockProfile("down_blocks.1.attentions.0", 64, (8, 8), "coarse"),
     BlockProfile("mid_block.attentions.0", 64, (8, 8), "coarse"),
     BlockProfile("up_blocks.0.attentions.0", 64, (8, 8), "coarse, late"),
+    BlockProfile("up_blocks.0.attentions.1", 64, (8, 8), "coarse, late"),
     BlockProfile("up_blocks.1.attentions.0", 32, (16, 16), "fine, late"),
+    BlockProfile("up_blocks.1.attentions.1", 32, (16, 16), "fine, last"),
 )
 _SD15 = ModelProfile("stable-diffusion-v1-5/stable-diffusion-v1-5", "sd", 512, 512, 30, 7.5, _SD_BLOCKS_512)
 

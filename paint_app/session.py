@@ -298,7 +298,7 @@ def _parse_features(value: Any, where: str) -> dict[int, float]:
     if not isinstance(value, dict) or not value or len(value) > 4096:
         raise _fail(where, value, 'a non-empty map of feature index to weight, e.g. {"17": 1.0, "40": 0.5}')
     out: dict[int, float] = {}
-    for key, weight in value.items():
+    for key in value:
         try:
             feature = int(key)
         except (TypeError, ValueError):

@@ -102,7 +102,8 @@ def _from_pretrained(path_or_id: str, torch_dtype: torch.dtype):
     if not local.exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", path_or_id):
         raise SAEError(f"model is {path_or_id!r}: not a built-in name (toy, {', '.join(TINY_NAMES)}), "
                          "not an existing folder and not a hub id of the form owner/name")
-    kwargs = {"torch_dtype": torch_dtype}
+    # diffusers renamed torch_dtype to dtype; the old name still works on older releases.
+    kwargs = {"dtype" if _diffusers_takes_dtype() else "torch_dtype": torch_dtype}
     if torch_dtype == torch.float16 and not local.exists():
         kwargs["variant"] = "fp16"
     try:
@@ -113,11 +114,17 @@ def _from_pretrained(path_or_id: str, torch_dtype: torch.dtype):
                 raise
             kwargs.pop("variant")
             pipe = DiffusionPipeline.from_pretrained(path_or_id, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         raise SAEError(f"model {path_or_id!r} could not be loaded: {exc}") from None
     if not hasattr(pipe, "unet"):
         raise SAEError(f"model {path_or_id!r} is a {type(pipe).__name__}; paint-app needs a UNet pipeline (SD/SDXL)")
     return pipe
+
+
+def _diffusers_takes_dtype() -> bool:
+    from diffusers.utils import deprecation_utils
+
+    return hasattr(deprecation_utils, "_resolve_dtype")
 
 
 def unet_blocks(unet, height: int, width: int, vae_scale: int = 8) -> tuple[BlockInfo, ...]:

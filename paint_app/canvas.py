@@ -1,0 +1,233 @@
+"""Editor layers -> soft masks at image size; session layers <-> canvas layers; moving a painted region.
+
+The canvas (a ``gr.ImageEditor``) shows the image enlarged by an integer ``scale`` so strokes can be precise on
+small images. A layer's alpha is its mask strength; masks are area-averaged from canvas pixels to image pixels
+here and from image pixels to each block's grid in ``steering.grid_mask``, so a thin or faint stroke gives a
+small value, not nothing. A moved region keeps its painted mask and stores the move as the layer's ``offset``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .errors import PaintError
+from .session import Layer, Mask, encode_png_mask, shift
+
+LAYER_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
+DISPLAY_TARGET = 384  # canvas pixels along the longer side, at least
+CHANGE_TOLERANCE = 1.5 / 255  # PNG round trips through the browser may move alpha by one level
+
+
+@dataclass
+class CanvasLayer:
+    """One concept layer as the app keeps it: the unshifted mask at image size plus how the concept acts."""
+
+    name: str
+    block: str
+    concept: dict  # {"feature": 3} | {"factor": 1} | {"features": {3: 1.0, 7: 0.5}}
+    mask: np.ndarray  # float32 [height, width] in [0, 1]
+    mode: str = "add"
+    strength: float = 1.0
+    step_range: tuple[int, int] | None = None
+    offset: tuple[int, int] = (0, 0)
+    enabled: bool = True
+    color: str = LAYER_COLORS[0]
+    extra: dict = field(default_factory=dict)  # e.g. cond_only, carried through from a loaded session
+
+    def shown_mask(self) -> np.ndarray:
+        """The mask where it acts: moved by the layer's offset."""
+        return shift(self.mask, self.offset)
+
+    def is_empty(self) -> bool:
+        return not bool((self.shown_mask() > 0).any())
+
+    def to_session_layer(self) -> Layer:
+        layer = Layer(block=self.block, mask=Mask(png=encode_png_mask(self.mask)), name=self.name, mode=self.mode,
+                      strength=float(self.strength), step_range=self.step_range, offset=tuple(self.offset),
+                      enabled=self.enabled, cond_only=bool(self.extra.get("cond_only", False)))
+        if "feature" in self.concept:
+            layer.feature = int(self.concept["feature"])
+        elif "factor" in self.concept:
+            layer.factor = int(self.concept["factor"])
+        else:
+            layer.features = {int(f): float(w) for f, w in self.concept["features"].items()}
+        return layer
+
+    @classmethod
+    def from_session_layer(cls, layer: Layer, width: int, height: int, color: str) -> CanvasLayer:
+        if layer.feature is not None:
+            concept: dict = {"feature": layer.feature}
+        elif layer.factor is not None:
+            concept = {"factor": layer.factor}
+        else:
+            concept = {"features": dict(layer.features or {})}
+        return cls(name=layer.name or describe_concept(layer.block, concept), block=layer.block, concept=concept,
+                   mask=layer.mask.to_array(width, height), mode=layer.mode, strength=layer.strength,
+                   step_range=layer.step_range, offset=tuple(layer.offset), enabled=layer.enabled, color=color,
+                   extra={"cond_only": layer.cond_only} if layer.cond_only else {})
+
+
+def describe_concept(block: str, concept: dict) -> str:
+    if "feature" in concept:
+        return f"{block} feature {concept['feature']}"
+    if "factor" in concept:
+        return f"{block} factor {concept['factor']}"
+    return f"{block} mix of {len(concept['features'])} features"
+
+
+def next_color(layers: list[CanvasLayer]) -> str:
+    used = {layer.color for layer in layers}
+    free = [c for c in LAYER_COLORS if c not in used]
+    return free[0] if free else LAYER_COLORS[len(layers) % len(LAYER_COLORS)]
+
+
+def display_scale(width: int, height: int, target: int = DISPLAY_TARGET) -> int:
+    """The integer factor that makes the canvas at least ``target`` pixels along its longer side."""
+    return max(1, math.ceil(target / max(width, height)))
+
+
+def empty_mask(width: int, height: int) -> np.ndarray:
+    return np.zeros((height, width), np.float32)
+
+
+def alpha_to_mask(layer: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An editor layer (RGBA [h, w, 4] uint8, or grey [h, w]) -> float mask [height, width] by area averaging."""
+    array = np.asarray(layer)
+    if array.ndim == 3 and array.shape[2] in (2, 4):
+        alpha = array[..., -1]
+    elif array.ndim == 3:
+        alpha = array.max(axis=2)
+    elif array.ndim == 2:
+        alpha = array
+    else:
+        raise PaintError(f"a canvas layer has shape {list(array.shape)}; allowed: [height, width] or "
+                         "[height, width, channels]")
+    alpha = alpha.astype(np.float32) / 255.0
+    if alpha.shape != (height, width):
+        alpha = np.asarray(Image.fromarray(alpha, mode="F").resize((width, height), Image.BOX), np.float32)
+    return np.clip(alpha, 0.0, 1.0)
+
+
+def editor_mask(value: dict | None, width: int, height: int) -> np.ndarray | None:
+    """The painted mask of the editor's value (its layers merged by maximum); None when it holds no layer."""
+    layers = [layer for layer in (value or {}).get("layers") or [] if layer is not None]
+    if not layers:
+        return None
+    masks = [alpha_to_mask(layer, width, height) for layer in layers]
+    return np.maximum.reduce(masks) if len(masks) > 1 else masks[0]
+
+
+def mask_to_rgba(mask: np.ndarray, scale: int, color: str) -> np.ndarray:
+    """A float mask at image size -> an RGBA editor layer at canvas size (nearest upscaling, alpha = mask)."""
+    rgb = np.array(_rgb(color), np.uint8)
+    alpha = np.clip(np.rint(np.asarray(mask, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    alpha = np.repeat(np.repeat(alpha, scale, axis=0), scale, axis=1)
+    out = np.empty((*alpha.shape, 4), np.uint8)
+    out[..., :3] = rgb
+    out[..., 3] = alpha
+    return out
+
+
+def canvas_background(image: Image.Image | None, scale: int, others: list[CanvasLayer],
+                      width: int, height: int) -> Image.Image:
+    """The base image enlarged to canvas size, with the other layers' (moved) masks tinted over it."""
+    base = image.convert("RGB") if image is not None else Image.new("RGB", (width, height), (236, 236, 236))
+    picture = np.asarray(base, np.float32)
+    for layer in others:
+        if not layer.enabled:
+            continue
+        weight = 0.45 * layer.shown_mask()[..., None]
+        picture = picture * (1 - weight) + np.array(_rgb(layer.color), np.float32) * weight
+    picture = np.clip(np.rint(picture), 0, 255).astype(np.uint8)
+    return Image.fromarray(picture).resize((width * scale, height * scale), Image.NEAREST)
+
+
+def editor_value(image: Image.Image | None, layers: list[CanvasLayer], active: int, width: int,
+                 height: int) -> dict:
+    """The ``gr.ImageEditor`` value for editing layer ``active``: the others tinted into the background."""
+    scale = display_scale(width, height)
+    others = [layer for i, layer in enumerate(layers) if i != active]
+    background = canvas_background(image, scale, others, width, height)
+    shown = [mask_to_rgba(layers[active].shown_mask(), scale, layers[active].color)] if 0 <= active < len(layers) else []
+    return {"background": background, "layers": shown, "composite": None}
+
+
+def apply_edit(old_mask: np.ndarray, shown_mask: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+    """The layer's unshifted mask after the user edited it where it is shown (moved by ``offset``).
+
+    Pixels of the painted mask that the move pushed outside the image cannot have been edited; they keep their
+    old values, so moving a region back restores it whole.
+    """
+    dx, dy = offset
+    if dx == 0 and dy == 0:
+        return shown_mask.astype(np.float32)
+    back = shift(shown_mask.astype(np.float32), (-dx, -dy))
+    visible = shift(np.ones_like(old_mask, dtype=np.float32), (-dx, -dy)) > 0
+    return np.where(visible, back, old_mask).astype(np.float32)
+
+
+def masks_differ(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape != b.shape or float(np.abs(a - b).max(initial=0.0)) > CHANGE_TOLERANCE
+
+
+def clamp_offset(offset: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    dx, dy = (int(round(v)) for v in offset)
+    return max(-width, min(width, dx)), max(-height, min(height, dy))
+
+
+def nudge(offset: tuple[int, int], dx: int, dy: int, width: int, height: int) -> tuple[int, int]:
+    return clamp_offset((offset[0] + dx, offset[1] + dy), width, height)
+
+
+def place_at(mask: np.ndarray, x: float, y: float) -> tuple[int, int]:
+    """The offset that moves the mask's centre of mass to image point (x, y)."""
+    total = float(mask.sum())
+    if total <= 0:
+        raise PaintError("the active layer has nothing painted, so there is no region to move; paint on the "
+                         "canvas first")
+    rows, cols = np.indices(mask.shape, dtype=np.float32)
+    cy = float((rows * mask).sum() / total) + 0.5
+    cx = float((cols * mask).sum() / total) + 0.5
+    height, width = mask.shape
+    return clamp_offset((x - cx, y - cy), width, height)
+
+
+def mask_from_image(image: Image.Image | np.ndarray, width: int, height: int) -> tuple[np.ndarray, list[str]]:
+    """A mask from an uploaded picture (alpha if it has one, else brightness), with notes on what was adapted."""
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    notes = []
+    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+        grey = picture.convert("RGBA").getchannel("A")
+        used = "its alpha channel"
+    else:
+        grey = picture.convert("L")
+        used = "its brightness"
+    if picture.mode not in ("L", "LA", "RGBA"):
+        notes.append(f"the image was {picture.mode}; converted to grey ({used} is the mask strength)")
+    if picture.size != (width, height):
+        notes.append(f"the image was {picture.size[0]}x{picture.size[1]}; resized to the canvas, {width}x{height}")
+        grey = grey.resize((width, height), Image.BOX)
+    return np.asarray(grey, np.float32) / 255.0, notes
+
+
+def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A mask for a new image size (area-averaged down, bilinear up)."""
+    if mask.shape == (height, width):
+        return mask
+    method = Image.BOX if width * height < mask.size else Image.BILINEAR
+    return np.clip(np.asarray(Image.fromarray(mask.astype(np.float32), mode="F").resize((width, height), method),
+                              np.float32), 0.0, 1.0)
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    text = color.lstrip("#")
+    return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
+
+
+__all__ = ["CanvasLayer", "LAYER_COLORS", "alpha_to_mask", "apply_edit", "canvas_background", "clamp_offset",
+           "describe_concept", "display_scale", "editor_mask", "editor_value", "empty_mask", "mask_from_image",
+           "mask_to_rgba", "masks_differ", "next_color", "nudge", "place_at", "resize_mask"]

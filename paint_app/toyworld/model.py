@@ -1,0 +1,76 @@
+"""The toy model's diffusers/transformers parts: a small VAE (scale 4), a word-level CLIP text encoder, a UNet.
+
+Images are 64x64 RGB, latents 4x16x16. The UNet has two levels, so its transformer blocks sit at a 16x16 grid
+(down_blocks.0, up_blocks.1) and at 8x8 (down_blocks.1, mid_block, up_blocks.0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sae.tokenizer import make_word_tokenizer
+
+from .world import SIZE, vocabulary
+
+MAX_TOKENS = 32
+LATENT_SIZE = SIZE // 4
+PREDICTION_TYPE = "v_prediction"
+
+
+def make_tokenizer():
+    return make_word_tokenizer(vocabulary(), model_max_length=MAX_TOKENS)
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        norm_num_groups=8, sample_size=SIZE,
+    )
+
+
+def make_text_encoder(tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, projection_dim=64,
+    )
+    return CLIPTextModel(config)
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(2, 4), norm_num_groups=8,
+    )
+
+
+def make_scheduler():
+    """Zero-terminal-SNR v-prediction with trailing spacing: good samples in a handful of steps."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type=PREDICTION_TYPE, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+
+
+def make_pipeline(vae, text_encoder, tokenizer, unet):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=make_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,322 @@
+"""Train the toy model: ``python -m paint_app.toyworld.train [--out assets/toy] [--work runs/toy]``.
+
+Three stages, each resumable from checkpoints in ``--work`` (safetensors + JSON, no pickles):
+1. the VAE, on 32x32 crops of rendered scenes (convolutional, so crops teach it the full image);
+2. the training set: ``--scenes`` seeded scenes encoded once to latents;
+3. the UNet and text encoder together, v-prediction on a zero-terminal-SNR schedule, captions drawn afresh
+   from the grammar each time a scene is seen, 10% empty captions for classifier-free guidance, EMA weights.
+The EMA UNet with the text encoder and VAE is saved in fp16 with ``save_pretrained`` in ``--out``.
+On a CPU shared with other work, one thread is much faster than two (no waiting on a descheduled OpenMP
+thread at every op), hence ``--threads 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .model import (
+    MAX_TOKENS,
+    count_parameters,
+    make_pipeline,
+    make_scheduler,
+    make_text_encoder,
+    make_tokenizer,
+    make_unet,
+    make_vae,
+)
+from .world import SIZE, caption, render, scene_for_seed
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN_SEED_BASE = 0  # training scenes use seeds [0, scenes); held-out evaluation uses seeds >= HELD_OUT_SEED_BASE
+HELD_OUT_SEED_BASE = 10_000_000
+DEFAULTS = {"width": SIZE, "height": SIZE, "steps": 8, "guidance": 3.0}
+BLOCK_ROLES = {
+    "down_blocks.0.attentions.0": "fine, early (16x16)",
+    "down_blocks.1.attentions.0": "coarse, early (8x8)",
+    "mid_block.attentions.0": "coarse (8x8)",
+    "up_blocks.0.attentions.0": "coarse, late (8x8)",
+    "up_blocks.0.attentions.1": "coarse, late (8x8)",
+    "up_blocks.1.attentions.0": "fine, late (16x16)",
+    "up_blocks.1.attentions.1": "fine, last (16x16)",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m paint_app.toyworld.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "toy", help="where the pipeline is saved")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "toy", help="checkpoints and caches")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument("--vae-steps", type=int, default=700)
+    parser.add_argument("--vae-batch", type=int, default=32)
+    parser.add_argument("--scenes", type=int, default=40_000, help="training scenes (encoded once)")
+    parser.add_argument("--unet-steps", type=int, default=1700)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: module states and AdamW state in one safetensors file, step and param groups in its metadata.
+
+
+def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                    step: int, extra: dict | None = None) -> None:
+    tensors = {f"{name}/{key}": value.detach().float().cpu().contiguous()
+               for name, module in modules.items() for key, value in module.state_dict().items()}
+    state = optimizer.state_dict()
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            tensors[f"optimizer/{index}/{key}"] = torch.as_tensor(value).float().cpu().contiguous()
+    meta = {"step": str(step), "param_groups": json.dumps(state["param_groups"]), "extra": json.dumps(extra or {})}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata()
+    tensors = load_file(str(path))
+    for name, module in modules.items():
+        prefix = f"{name}/"
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    opt_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer/"):
+            _, index, field = key.split("/")
+            opt_state.setdefault(int(index), {})[field] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
+    return int(meta["step"])
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 50) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    array = np.stack(images).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 1: VAE.
+
+
+def train_vae(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(args.seed)
+    vae = make_vae().to(device)
+    done, ckpt = args.work / "vae.safetensors", args.work / "vae_ckpt.safetensors"
+    if done.exists():
+        vae.load_state_dict(load_file(str(done)))
+        return vae.eval()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    step = load_checkpoint(ckpt, {"vae": vae}, optimizer) if ckpt.exists() else 0
+    print(f"VAE: {count_parameters(vae) / 1e6:.2f} M parameters, steps {step}..{args.vae_steps}", flush=True)
+    bar = tqdm(total=args.vae_steps, initial=step, desc="vae", mininterval=20, file=sys.stdout)
+    vae.train()
+    while step < args.vae_steps:
+        rng = np.random.default_rng([args.seed, 1, step])
+        crops = []
+        for _ in range(args.vae_batch):
+            image = render(scene_for_seed(int(rng.integers(2**31)) + HELD_OUT_SEED_BASE * 10)).image
+            y, x = rng.integers(0, SIZE - 32 + 1, 2)
+            crops.append(image[y:y + 32, x:x + 32])
+        batch = images_to_tensor(crops).to(device)
+        set_lr(optimizer, lr_at(step, args.vae_steps, args.lr))
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(recon, batch) + 0.5 * F.l1_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if step % args.checkpoint_every == 0 or step == args.vae_steps:
+            save_checkpoint(ckpt, {"vae": vae}, optimizer, step)
+    bar.close()
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(done))
+    return vae.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 2: encode the training scenes once.
+
+
+@torch.no_grad()
+def encode_scenes(args: argparse.Namespace, vae: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """Latent means of the training scenes, unscaled [N, 4, 16, 16]."""
+    cache = args.work / "latents.safetensors"
+    if cache.exists():
+        latents = load_file(str(cache))["latents"]
+        if len(latents) == args.scenes:
+            return latents
+    chunks = []
+    for start in tqdm(range(0, args.scenes, 256), desc="encode", mininterval=20, file=sys.stdout):
+        seeds = range(TRAIN_SEED_BASE + start, TRAIN_SEED_BASE + min(args.scenes, start + 256))
+        batch = images_to_tensor([render(scene_for_seed(s)).image for s in seeds]).to(device)
+        chunks.append(vae.encode(batch).latent_dist.mean.cpu())
+    latents = torch.cat(chunks)
+    save_file({"latents": latents.contiguous()}, str(cache))
+    return latents
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 3: UNet + text encoder.
+
+
+def training_timesteps(rng: np.random.Generator, n: int, default_steps: int) -> torch.Tensor:
+    """Half uniform over [0, 1000), half on the trailing timesteps the default few-step sampler visits."""
+    visited = np.round(np.arange(1000, 0, -1000 / default_steps)).astype(int) - 1
+    uniform = rng.integers(0, 1000, n)
+    pick = rng.random(n) < 0.5
+    return torch.from_numpy(np.where(pick, rng.choice(visited, n), uniform)).long()
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1.0 - decay)
+
+
+def train_unet(args: argparse.Namespace, latents: torch.Tensor, scaling: float, device: torch.device):
+    torch.manual_seed(args.seed + 2)
+    tokenizer = make_tokenizer()
+    unet, text_encoder = make_unet().to(device), make_text_encoder(tokenizer).to(device)
+    ema_unet, ema_text = make_unet().to(device), make_text_encoder(tokenizer).to(device)
+    ema_unet.load_state_dict(unet.state_dict())
+    ema_text.load_state_dict(text_encoder.state_dict())
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    modules = {"unet": unet, "text": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
+    ckpt = args.work / "unet_ckpt.safetensors"
+    step = load_checkpoint(ckpt, modules, optimizer) if ckpt.exists() else 0
+    print(f"UNet: {count_parameters(unet) / 1e6:.2f} M, text encoder: {count_parameters(text_encoder) / 1e6:.2f} M "
+          f"parameters; steps {step}..{args.unet_steps}, batch {args.batch}", flush=True)
+    scheduler = make_scheduler()
+    scenes_cache: dict[int, object] = {}
+    bar = tqdm(total=args.unet_steps, initial=step, desc="unet", mininterval=30, file=sys.stdout)
+    unet.train()
+    text_encoder.train()
+    start = time.perf_counter()
+    while step < args.unet_steps:
+        rng = np.random.default_rng([args.seed, 3, step])
+        index = rng.integers(0, len(latents), args.batch)
+        captions = []
+        for i in index.tolist():
+            scene = scenes_cache.get(i) or scenes_cache.setdefault(i, scene_for_seed(TRAIN_SEED_BASE + i))
+            captions.append("" if rng.random() < 0.1 else caption(scene, rng))
+        x0 = latents[torch.from_numpy(index)].to(device) * scaling
+        noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32)).to(device)
+        t = training_timesteps(rng, args.batch, DEFAULTS["steps"]).to(device)
+        noisy = scheduler.add_noise(x0, noise, t)
+        target = scheduler.get_velocity(x0, noise, t)
+        context = text_encoder(tokenize(tokenizer, captions).to(device))[0]
+        loss = F.mse_loss(unet(noisy, t, context).sample, target)
+        set_lr(optimizer, lr_at(step, args.unet_steps, args.lr))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        decay = min(0.995, (1 + step) / (10 + step))
+        update_ema(ema_unet, unet, decay)
+        update_ema(ema_text, text_encoder, decay)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if step % args.checkpoint_every == 0 or step == args.unet_steps:
+            save_checkpoint(ckpt, modules, optimizer, step)
+            print(f"step {step} loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s this run)", flush=True)
+    bar.close()
+    return tokenizer, ema_unet.eval(), ema_text.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def is_finished(out: Path) -> bool:
+    return (out / "model_index.json").exists()
+
+
+def save_assets(out: Path, vae, text_encoder, tokenizer, unet, info: dict) -> None:
+    pipe = make_pipeline(vae, text_encoder, tokenizer, unet)
+    pipe.to(torch.device("cpu"), torch.float16)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out, safe_serialization=True)
+    defaults = dict(DEFAULTS, blocks=BLOCK_ROLES, sae_dir="saes")
+    previous = out / "paint_app.json"
+    if previous.exists():  # keep block choices made after training (the SAE stage)
+        defaults["blocks"] = json.loads(previous.read_text()).get("blocks", BLOCK_ROLES)
+    previous.write_text(json.dumps(defaults, indent=2) + "\n")
+    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if is_finished(args.out) and not args.overwrite:
+        print(f"{Path(sys.argv[0]).name}: error: {args.out} already holds a finished model; "
+              "pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    from sae.errors import SAEError
+    from sae.pipelines import pick_device
+
+    try:
+        device = pick_device(args.device)
+    except SAEError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    vae = train_vae(args, device)
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    latents = encode_scenes(args, vae, device)
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    tokenizer, unet, text_encoder = train_unet(args, latents, scaling, device)
+    info = {"seed": args.seed, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "scenes": args.scenes,
+            "unet_steps": args.unet_steps, "batch": args.batch, "lr": args.lr, "scaling_factor": scaling,
+            "device": str(device), "threads": args.threads,
+            "wall_seconds_last_run": round(time.perf_counter() - started, 1)}
+    if is_finished(args.out) and not args.overwrite:  # it may have appeared while we trained
+        print(f"train: error: {args.out} already holds a finished model; pass --overwrite", file=sys.stderr)
+        return 2
+    save_assets(args.out, vae.cpu(), text_encoder.cpu(), tokenizer, unet.cpu(), info)
+    print(f"saved the toy pipeline in {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""generate(session): identical to the plain pipeline without edits, deterministic, thread-safe, steered with edits."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_sae, save_sae, tiny_sae_folder
+
+from paint_app.concepts import ConceptLibrary
+from paint_app.engine import Engine
+from paint_app.errors import ModelError, PaintError
+from paint_app.models import load_model
+from paint_app.session import Session
+
+BLOCK = "down_blocks.0.attentions.0"
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("saes")
+    tiny_sae_folder(root, BLOCK, 32)
+    tiny_sae_folder(root, "mid_block.attentions.0", 64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def engine(sae_dir):
+    model = load_model("tiny-random-sd", device="cpu")
+    return Engine(model, ConceptLibrary.load([str(p) for p in sorted(sae_dir.iterdir())], model.profile))
+
+
+def session(model: str = "tiny-random-sd", layers: list | None = None, **kwargs) -> Session:
+    data = {"version": 1, "model": model, "prompt": "a red circle on grass", "seed": 5, "width": 64, "height": 64,
+            "steps": 4, "guidance": 0.0, "layers": layers or []}
+    data.update(kwargs)
+    return Session.from_dict(data)
+
+
+def layer(feature: int = 1, block: str = BLOCK, rect=(0, 0, 32, 64), **kwargs) -> dict:
+    return {"block": block, "feature": feature, "strength": 8.0, "mask": {"rects": [list(rect)]}, **kwargs}
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image)
+
+
+@pytest.mark.parametrize("name", ["tiny-random-sd", "tiny-random-sdxl"])
+@pytest.mark.parametrize("guidance", [0.0, 3.0])
+def test_no_edits_is_bit_identical_to_the_plain_pipeline(name, guidance):
+    model = load_model(name, device="cpu")
+    engine = Engine(model)
+    ours = engine.generate(session(name, guidance=guidance, negative_prompt="blurry" if guidance else ""))
+    plain = model.pipeline("a red circle on grass", negative_prompt="blurry" if guidance else None,
+                           num_inference_steps=4, guidance_scale=guidance, width=64, height=64,
+                           generator=torch.Generator().manual_seed(5)).images[0]
+    assert np.array_equal(pixels(ours), pixels(plain))
+
+
+def test_layers_with_empty_masks_or_disabled_change_nothing(engine):
+    plain = pixels(engine.generate(session()))
+    disabled = session(layers=[layer(enabled=False)])
+    assert np.array_equal(pixels(engine.generate(disabled)), plain)
+    assert engine.plan(disabled).edits == []
+
+
+def test_same_session_twice_gives_identical_bytes(engine):
+    painted = session(layers=[layer(1), layer(2, "mid_block.attentions.0", (16, 16, 48, 48), mode="set")])
+    first, second = engine.generate(painted).tobytes(), engine.generate(painted).tobytes()
+    assert first == second
+    assert first != engine.generate(session()).tobytes(), "the edits must change the image"
+
+
+def test_factor_and_mix_layers(engine):
+    plain = pixels(engine.generate(session()))
+    factor = {"block": BLOCK, "factor": 1, "strength": 10.0, "mask": {"rects": [[0, 0, 64, 64]]}}
+    mix = {"block": BLOCK, "features": {"1": 1.0, "2": 0.5}, "strength": 10.0, "mask": {"rects": [[0, 0, 64, 64]]}}
+    assert not np.array_equal(pixels(engine.generate(session(layers=[factor]))), plain)
+    assert not np.array_equal(pixels(engine.generate(session(layers=[mix]))), plain)
+
+
+def test_four_threads_give_the_bytes_of_sequential_renders(engine):
+    sessions = [session(seed=s, layers=[layer(s, rect=(8 * s, 0, 8 * s + 16, 64))]) for s in range(4)]
+    expected = [engine.generate(s).tobytes() for s in sessions]
+    results: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            for _ in range(2):
+                results[index] = engine.generate(sessions[index]).tobytes()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors
+    assert [results[i] for i in range(4)] == expected
+    assert len(set(expected)) == 4
+
+
+def test_prompt_embeddings_are_cached(engine):
+    first = engine.generate_timed(session(prompt="a blue square"))
+    second = engine.generate_timed(session(prompt="a blue square", seed=9))
+    assert not first.prompt_cached and second.prompt_cached
+
+
+def test_bad_layers_name_the_field(engine, tmp_path):
+    cases = [
+        (layer(block="up_blocks.1.attentions.1"), r"layers\[0\].block.*no SAE is loaded"),
+        (layer(feature=64), r"layers\[0\].feature is 64.*0..63"),
+        ({"block": BLOCK, "factor": 7, "mask": {"rects": [[0, 0, 8, 8]]}}, r"layers\[0\].factor is 7.*0..2"),
+        ({"block": BLOCK, "features": {"99": 1.0}, "mask": {"rects": [[0, 0, 8, 8]]}}, r"features key is 99"),
+    ]
+    for bad, match in cases:
+        with pytest.raises(PaintError, match=match):
+            engine.generate(session(layers=[bad]))
+    with pytest.raises(PaintError, match="model is 'tiny-random-sdxl'"):
+        engine.generate(session("tiny-random-sdxl"))
+
+
+def test_factor_without_factors_file(tmp_path):
+    model = load_model("tiny-random-sd", device="cpu")
+    save_sae(tmp_path / "plain", make_sae(32, 16, block=BLOCK))
+    engine = Engine(model, ConceptLibrary.load([str(tmp_path / "plain")], model.profile))
+    with pytest.raises(ModelError, match=r"layers\[0\].factor is 0 but block .* has no factors file"):
+        engine.generate(session(layers=[{"block": BLOCK, "factor": 0, "mask": {"rects": [[0, 0, 8, 8]]}}]))
+
+
+def test_sae_that_does_not_fit_the_block(tmp_path):
+    model = load_model("tiny-random-sd", device="cpu")
+    save_sae(tmp_path / "wide", make_sae(64, 16, block=BLOCK))
+    with pytest.raises(ModelError, match="size 64.*has 32 channels"):
+        ConceptLibrary.load([str(tmp_path / "wide")], model.profile)
+    save_sae(tmp_path / "nowhere", make_sae(32, 16))
+    with pytest.raises(ModelError, match="BLOCK=PATH"):
+        ConceptLibrary.load([str(tmp_path / "nowhere")], model.profile)
+    library = ConceptLibrary.load([f"{BLOCK}={tmp_path / 'nowhere'}"], model.profile)
+    assert list(library.blocks) == [BLOCK]
+
+
+def test_prompt_report():
+    engine = Engine(load_model("tiny-random-sd", device="cpu"))
+    report = engine.prompt_report("a red zebra circle")
+    assert report == {"truncated": False, "unknown_words": ["zebra"]}
+    assert engine.prompt_report("red " * 100)["truncated"]

@@ -1,0 +1,208 @@
+"""The math of an edit, checked at the block: raw output (hook before the plan's) vs edited output (hook after)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_sae
+
+from paint_app.errors import ModelError, PaintError
+from paint_app.steering import Edit, Plan, apply_plan, grid_mask
+from sae.hooks import block_input, block_output
+from sae.pipelines import build_tiny_pipeline, get_block
+
+BLOCK = "down_blocks.0.attentions.0"  # 32 channels, 16x16 grid for 64x64 images
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipeline = build_tiny_pipeline("tiny-random-sd")
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def sae():
+    return make_sae(32, 64, k=4, block=BLOCK, seed=7)
+
+
+def soft_mask() -> torch.Tensor:
+    """A 64x64 mask: a full rectangle, a half-covered column of cells, a soft ramp, zero elsewhere."""
+    mask = np.zeros((64, 64), np.float32)
+    mask[8:40, 4:24] = 1.0
+    mask[8:40, 24:26] = 1.0  # half of each cell in grid column 6
+    mask[48:60, 32:64] = np.linspace(0.1, 0.9, 32, dtype=np.float32)[None, :]
+    return torch.from_numpy(mask)
+
+
+def area_average(mask: torch.Tensor, cell: int = 4) -> torch.Tensor:
+    """Independent of grid_mask: mean over each cell x cell block of pixels."""
+    array = mask.numpy()
+    rows, cols = array.shape[0] // cell, array.shape[1] // cell
+    return torch.from_numpy(array.reshape(rows, cell, cols, cell).mean(axis=(1, 3)))
+
+
+def run(pipe, plan: Plan, steps: int = 1, guidance: float = 0.0, block: str = BLOCK):
+    """Generate once; return per UNet call the block's (input, raw output, edited output)."""
+    module = get_block(pipe.unet, block)
+    raw, edited = [], []
+    first = module.register_forward_hook(
+        lambda m, a, k, o: raw.append((block_input(a, k).clone(), block_output(o).clone())), with_kwargs=True)
+    try:
+        with apply_plan(pipe.unet, plan, cfg=guidance > 1):
+            last = module.register_forward_hook(lambda m, a, k, o: edited.append(block_output(o).clone()),
+                                                with_kwargs=True)
+            try:
+                pipe("a red circle", num_inference_steps=steps, guidance_scale=guidance, width=64, height=64,
+                     generator=torch.Generator().manual_seed(0))
+            finally:
+                last.remove()
+    finally:
+        first.remove()
+    return [(h_in, h_out, new) for (h_in, h_out), new in zip(raw, edited)]
+
+
+def to_cells(tensor: torch.Tensor) -> torch.Tensor:
+    """[batch, C, H, W] -> [batch, H, W, C]."""
+    return tensor.permute(0, 2, 3, 1)
+
+
+def test_grid_mask_is_the_area_average():
+    mask = soft_mask()
+    torch.testing.assert_close(grid_mask(mask, (16, 16)), area_average(mask))
+    assert 0 < float(grid_mask(mask, (16, 16))[3, 6]) == pytest.approx(0.5)
+
+
+def test_add_changes_only_masked_cells_by_m_s_sigma_d(pipe, sae):
+    mask = soft_mask()
+    plan = Plan([Edit(BLOCK, (5,), mask, strength=3.0, mode="add")], {BLOCK: sae})
+    (_, h_out, new), = run(pipe, plan)
+    diff = to_cells(new - h_out)[0]
+    m = area_average(mask)
+    expected = m[..., None] * (3.0 * sae.feature_mean[5] * sae.W_dec[5]).detach()
+    torch.testing.assert_close(diff, expected, rtol=1e-4, atol=1e-5)
+    assert torch.all(diff[m == 0] == 0), "cells outside the mask must be bit-identical"
+    assert torch.all(diff[m > 0].abs().sum(-1) > 0)
+
+
+def test_factor_add_uses_weighted_sum_of_directions(pipe, sae):
+    mask = torch.ones(64, 64)
+    plan = Plan([Edit(BLOCK, (1, 2, 3), mask, weights=(1.0, 0.5, 0.25), strength=2.0)], {BLOCK: sae})
+    (_, h_out, new), = run(pipe, plan)
+    w = torch.tensor([1.0, 0.5, 0.25])
+    direction = ((w * sae.feature_mean[[1, 2, 3]]) @ sae.W_dec[[1, 2, 3]]).detach()
+    torch.testing.assert_close(to_cells(new - h_out)[0], (2.0 * direction).expand(16, 16, 32), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode,strength", [("set", 2.5), ("erase", 7.0)])
+def test_set_and_erase_move_only_feature_f_and_keep_the_error(pipe, sae, mode, strength):
+    mask = torch.zeros(64, 64)
+    mask[:, :32] = 1.0
+    with torch.no_grad():
+        (h_in, h_out, _), = run(pipe, Plan())
+        x = to_cells(h_out - h_in)[0]
+        z = sae.encode(x)
+    feature = int(torch.mode(z.argmax(-1).flatten()).values)  # a feature active in many cells
+    plan = Plan([Edit(BLOCK, (feature,), mask, strength=strength, mode=mode)], {BLOCK: sae})
+    (_, h_out2, new), = run(pipe, plan)
+    assert torch.equal(h_out2, h_out)
+    target = 0.0 if mode == "erase" else strength * float(sae.feature_mean[feature])
+    m = area_average(mask)[..., None]
+    expected_change = m * (target - z[..., feature:feature + 1]) * sae.W_dec[feature].detach()
+    torch.testing.assert_close(to_cells(new - h_out)[0], expected_change, rtol=1e-4, atol=1e-5)
+    # error-preserving: in masked cells the new site value is decode(z with z_f := target) + the old SAE error
+    with torch.no_grad():
+        x_new = to_cells(new - h_in)[0]
+        z_target = z.clone()
+        z_target[..., feature] = target
+        error = x - sae.decode(z)
+        torch.testing.assert_close(x_new[:, :8], (sae.decode(z_target) + error)[:, :8], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(x_new[:, 8:], x[:, 8:])
+    assert bool((z[:, :8, feature] > 0).any()), "the test needs cells where the feature is active"
+
+
+def test_edits_on_one_block_add_up(pipe, sae):
+    left, right = torch.zeros(64, 64), torch.zeros(64, 64)
+    left[:, :40] = 1.0
+    right[:, 24:] = 0.5
+    one = Plan([Edit(BLOCK, (3,), left, strength=1.0)], {BLOCK: sae})
+    two = Plan([Edit(BLOCK, (9,), right, strength=-2.0)], {BLOCK: sae})
+    both = Plan(one.edits + two.edits, {BLOCK: sae})
+    (_, h, a), = run(pipe, one)
+    (_, _, b), = run(pipe, two)
+    (_, _, ab), = run(pipe, both)
+    torch.testing.assert_close(ab - h, (a - h) + (b - h), rtol=1e-5, atol=1e-6)
+
+
+def test_step_range_limits_the_steps_an_edit_acts_on(pipe, sae):
+    plan = Plan([Edit(BLOCK, (4,), torch.ones(64, 64), strength=2.0, step_range=(1, 3))], {BLOCK: sae})
+    calls = run(pipe, plan, steps=4)
+    assert len(calls) == 4
+    changed = [bool((new != h_out).any()) for _, h_out, new in calls]
+    assert changed == [False, True, True, False]
+
+
+def test_cfg_edits_both_halves_by_default_or_cond_only(pipe, sae):
+    mask = torch.ones(64, 64)
+    for cond_only, expected in ((False, [True, True]), (True, [False, True])):
+        plan = Plan([Edit(BLOCK, (4,), mask, strength=2.0, cond_only=cond_only)], {BLOCK: sae})
+        (_, h_out, new), = run(pipe, plan, guidance=3.0)
+        assert h_out.shape[0] == 2
+        assert [bool((new[i] != h_out[i]).any()) for i in range(2)] == expected
+
+
+def test_output_site_sae_reads_the_block_output(pipe):
+    sae = make_sae(32, 64, k=4, block=BLOCK, seed=2, site="output")
+    mask = torch.ones(64, 64)
+    plan = Plan([Edit(BLOCK, (0,), mask, mode="erase")], {BLOCK: sae})
+    (_, h_out, new), = run(pipe, plan)
+    with torch.no_grad():
+        z = sae.encode(to_cells(h_out)[0])
+        expected = -z[..., :1] * sae.W_dec[0]
+    torch.testing.assert_close(to_cells(new - h_out)[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def count_hooks(module: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+def test_hooks_only_on_planned_blocks_and_none_without_edits(pipe, sae):
+    before = count_hooks(pipe.unet)
+    with apply_plan(pipe.unet, Plan(), cfg=False):
+        assert count_hooks(pipe.unet) == before
+    plan = Plan([Edit(BLOCK, (1,), torch.ones(64, 64))], {BLOCK: sae})
+    with apply_plan(pipe.unet, plan):
+        assert len(get_block(pipe.unet, BLOCK)._forward_hooks) == 1
+        assert count_hooks(pipe.unet) == before + 2  # the block's hook and the step counter
+    assert count_hooks(pipe.unet) == before
+
+
+def test_an_exception_inside_generation_leaves_no_hook(pipe, sae):
+    def explode(pipeline, step, timestep, kwargs):
+        raise RuntimeError(f"boom at step {step}")
+
+    plan = Plan([Edit(BLOCK, (1,), torch.ones(64, 64))], {BLOCK: sae})
+    with pytest.raises(RuntimeError, match="boom"):
+        with apply_plan(pipe.unet, plan):
+            pipe("a red circle", num_inference_steps=3, width=64, height=64, callback_on_step_end=explode)
+    assert count_hooks(pipe.unet) == 0
+
+
+def test_plan_errors_name_the_problem(pipe, sae):
+    mask = torch.ones(64, 64)
+    with pytest.raises(ModelError, match="no SAE is loaded"):
+        with apply_plan(pipe.unet, Plan([Edit(BLOCK, (1,), mask)], {})):
+            pass
+    with pytest.raises(ValueError, match="features 0..63"):
+        with apply_plan(pipe.unet, Plan([Edit(BLOCK, (64,), mask)], {BLOCK: sae})):
+            pass
+    wide = make_sae(64, 32, block=BLOCK)
+    with pytest.raises(ModelError, match="size 64.*32 channels"):
+        with apply_plan(pipe.unet, Plan([Edit(BLOCK, (1,), mask)], {BLOCK: wide})):
+            pass
+    with pytest.raises(PaintError, match="mode is 'paint'"):
+        Edit(BLOCK, (1,), mask, mode="paint")
+    with pytest.raises(PaintError, match="strength"):
+        Edit(BLOCK, (1,), mask, strength=float("nan"))
+    assert count_hooks(pipe.unet) == 0
