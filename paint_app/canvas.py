@@ -147,12 +147,15 @@ def canvas_background(image: Image.Image | None, scale: int, others: list[Canvas
 
 
 def editor_value(image: Image.Image | None, layers: list[CanvasLayer], active: int, width: int,
-                 height: int) -> dict:
-    """The ``gr.ImageEditor`` value for editing layer ``active``: the others tinted into the background."""
+                 height: int, active_color: str | None = None) -> dict:
+    """The ``gr.ImageEditor`` value for editing layer ``active`` (drawn in ``active_color``, default its own
+    colour): the other layers are tinted into the background."""
     scale = display_scale(width, height)
     others = [layer for i, layer in enumerate(layers) if i != active]
     background = canvas_background(image, scale, others, width, height)
-    shown = [mask_to_rgba(layers[active].shown_mask(), scale, layers[active].color)] if 0 <= active < len(layers) else []
+    shown = []
+    if 0 <= active < len(layers):
+        shown = [mask_to_rgba(layers[active].shown_mask(), scale, active_color or layers[active].color)]
     return {"background": background, "layers": shown, "composite": None}
 
 

@@ -100,17 +100,31 @@ class StepCounter:
 
 
 class BlockEditor:
-    """The forward hook of one block: applies the block's active edits to its output."""
+    """The forward hook of one block: applies the block's active edits to its output.
+
+    What does not change between denoising steps (directions, targets, masks on the grid, the summed ``add``
+    edits) is computed once per generation; only ``set``/``erase`` need the SAE code of each step's activations.
+    """
 
     def __init__(self, edits: list[Edit], sae: SAE, counter: StepCounter, cfg: bool) -> None:
         self.edits = edits
         self.sae = sae
         self.counter = counter
         self.cfg = cfg
-        self._masks: dict[tuple[int, int, int], torch.Tensor] = {}
+        param = sae.W_dec
+        with torch.no_grad():
+            self.features = [torch.tensor(e.features, device=param.device) for e in edits]
+            weights = [torch.tensor(e.weights, dtype=param.dtype, device=param.device) for e in edits]
+            sigmas = [sae.feature_mean[f] for f in self.features]
+            self.directions = [param[f] for f in self.features]  # [n_e, C]
+            self.add_directions = [e.strength * (w * s) @ d for e, w, s, d in
+                                   zip(edits, weights, sigmas, self.directions)]
+            self.targets = [(0.0 if e.mode == "erase" else e.strength) * w * s for e, w, s in
+                            zip(edits, weights, sigmas)]
+        self._cache: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, module, args, kwargs, output):
-        active = [(i, e) for i, e in enumerate(self.edits) if e.active_at(self.counter.step)]
+        active = tuple(i for i, e in enumerate(self.edits) if e.active_at(self.counter.step))
         if not active:
             return None
         h_out = block_output(output)
@@ -118,39 +132,47 @@ class BlockEditor:
         return replace_block_output(output, h_out + delta.to(h_out.dtype))
 
     @torch.no_grad()
-    def delta(self, h_out: torch.Tensor, h_in: torch.Tensor, active: list[tuple[int, Edit]]) -> torch.Tensor:
-        """The summed change of all active edits, shaped like ``h_out`` [batch, C, H, W], in the SAE's dtype."""
-        sae = self.sae
+    def delta(self, h_out: torch.Tensor, h_in: torch.Tensor, active: tuple[int, ...]) -> torch.Tensor:
+        """The summed change of the active edits, shaped like ``h_out`` [batch, C, H, W], in the SAE's dtype."""
         batch, _, height, width = h_out.shape
-        param = sae.W_dec
-        delta = torch.zeros(batch, height, width, sae.d_in, dtype=param.dtype, device=param.device)
-        codes = None
-        if any(edit.mode != "add" for _, edit in active):
-            x = site_value(sae.config.site, h_in, h_out).permute(0, 2, 3, 1).to(param.device, param.dtype)
-            codes = sae.encode_topk(x)
-        rows = slice(batch // 2, batch) if self.cfg else slice(0, batch)
-        for index, edit in active:
-            mask = self._grid_mask(index, edit, (height, width))[..., None]  # [H, W, 1]
-            target_rows = rows if edit.cond_only else slice(0, batch)
-            sigma = sae.feature_mean[list(edit.features)]
-            weights = torch.tensor(edit.weights, dtype=param.dtype, device=param.device)
-            directions = sae.W_dec[list(edit.features)]  # [n, C]
-            if edit.mode == "add":
-                direction = (weights * sigma) @ directions
-                delta[target_rows] += mask * (edit.strength * direction)
-                continue
-            values, indices = codes
-            strength = 0.0 if edit.mode == "erase" else edit.strength
-            for feature, target, direction in zip(edit.features, strength * weights * sigma, directions):
-                z = (values * (indices == feature)).sum(-1, keepdim=True)[target_rows]  # [b, H, W, 1]
-                delta[target_rows] += mask * (target - z) * direction
+        delta = self._added(active, batch, height, width)
+        setting = [i for i in active if self.edits[i].mode != "add"]
+        if setting:
+            sae = self.sae
+            x = site_value(sae.config.site, h_in, h_out).permute(0, 2, 3, 1).to(sae.W_dec.device, sae.W_dec.dtype)
+            values, indices = sae.encode_topk(x)
+            delta = delta.clone()
+            for i in setting:
+                rows = self._rows(self.edits[i], batch)
+                # z_f of each of the edit's features: [b, H, W, n_e]
+                z = (values[rows, ..., None, :] * (indices[rows, ..., None, :] == self.features[i][:, None])).sum(-1)
+                mask = self._grid(i, height, width)[..., None]
+                delta[rows] += mask * ((self.targets[i] - z) @ self.directions[i])
         return delta.permute(0, 3, 1, 2)
 
-    def _grid_mask(self, index: int, edit: Edit, grid: tuple[int, int]) -> torch.Tensor:
-        key = (index, *grid)
-        if key not in self._masks:
-            self._masks[key] = grid_mask(edit.mask, grid).to(self.sae.W_dec.device, self.sae.W_dec.dtype)
-        return self._masks[key]
+    def _added(self, active: tuple[int, ...], batch: int, height: int, width: int) -> torch.Tensor:
+        """Sum of the active ``add`` edits, [batch, H, W, C]; the same at every step with the same active set."""
+        key = (active, batch, height, width)
+        if key not in self._cache:
+            param = self.sae.W_dec
+            total = torch.zeros(batch, height, width, self.sae.d_in, dtype=param.dtype, device=param.device)
+            for i in active:
+                if self.edits[i].mode == "add":
+                    total[self._rows(self.edits[i], batch)] += self._grid(i, height, width)[..., None] * \
+                        self.add_directions[i]
+            self._cache[key] = total
+        return self._cache[key]
+
+    def _rows(self, edit: Edit, batch: int) -> slice:
+        """The batch rows an edit acts on: all, or with CFG ([uncond, cond]) optionally the cond half only."""
+        return slice(batch // 2, batch) if (self.cfg and edit.cond_only) else slice(0, batch)
+
+    def _grid(self, index: int, height: int, width: int) -> torch.Tensor:
+        key = ("mask", index, height, width)
+        if key not in self._cache:
+            param = self.sae.W_dec
+            self._cache[key] = grid_mask(self.edits[index].mask, (height, width)).to(param.device, param.dtype)
+        return self._cache[key]
 
 
 @contextmanager

@@ -250,22 +250,20 @@ class ShuffledStream:
     def batches(self, start: int = 0) -> Iterator[torch.Tensor]:
         """Float32 batches of ``batch_size`` vectors, beginning at vector ``start`` of the stream."""
         epoch, offset = divmod(start, self.epoch_length)
-        pending: list[torch.Tensor] = []
-        have = 0
+        buffer = torch.empty(0, self.store.d_in, dtype=torch.float16)
         while True:
             for chunk_number, chunk in enumerate(self._chunks(epoch)):
                 size = sum(self.store.lengths[n] for n in chunk)
                 if offset >= size:
                     offset -= size
                     continue
-                vectors = self._chunk_vectors(epoch, chunk_number, chunk)[offset:]
+                buffer = torch.cat([buffer, self._chunk_vectors(epoch, chunk_number, chunk)[offset:]])
                 offset = 0
-                pending.append(vectors)
-                have += vectors.shape[0]
-                while have >= self.batch_size:
-                    joined = torch.cat(pending)
-                    yield joined[:self.batch_size].float()
-                    pending, have = [joined[self.batch_size:]], joined.shape[0] - self.batch_size
+                position = 0
+                while buffer.shape[0] - position >= self.batch_size:
+                    yield buffer[position:position + self.batch_size].float()
+                    position += self.batch_size
+                buffer = buffer[position:]
             epoch += 1
 
 

@@ -1,0 +1,100 @@
+"""Steering overhead: plain vs steered generation (4 layers on 2 blocks), run side by side in one process.
+
+Also the speedup of a repaint whose prompt did not change (cached text embeddings) over one that encodes it again.
+
+    python benchmarks/steering_overhead.py [--model tiny-random-sd] [--repeats 30] [--size 64] [--steps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import make_sae, save_sae  # noqa: E402
+
+from paint_app.concepts import ConceptLibrary  # noqa: E402
+from paint_app.engine import Engine  # noqa: E402
+from paint_app.models import load_model  # noqa: E402
+from paint_app.session import Session  # noqa: E402
+
+BLOCKS = ("down_blocks.0.attentions.0", "mid_block.attentions.0")
+
+
+def build_engine(model_name: str, device: str, folder: Path) -> Engine:
+    model = load_model(model_name, device=device)
+    channels = {b.name: b.channels for b in model.profile.blocks}
+    paths = []
+    for i, block in enumerate(BLOCKS):
+        sae = make_sae(channels[block], 8 * channels[block], k=8, block=block, seed=i)
+        paths.append(str(save_sae(folder / block, sae)))
+    return Engine(model, ConceptLibrary.load(paths, model.profile, device=model.device))
+
+
+def sessions(model: str, size: int, steps: int) -> tuple[Session, Session]:
+    base = {"version": 1, "model": model, "prompt": "a red circle on grass", "seed": 0, "width": size,
+            "height": size, "steps": steps, "guidance": 0.0}
+    half, quarter = size // 2, size // 4
+    layers = [
+        {"block": BLOCKS[0], "feature": 3, "mode": "add", "strength": 4.0, "mask": {"rects": [[0, 0, half, size]]}},
+        {"block": BLOCKS[0], "feature": 5, "mode": "set", "strength": 2.0,
+         "mask": {"rects": [[half, 0, size, size]]}},
+        {"block": BLOCKS[1], "feature": 7, "mode": "erase", "mask": {"rects": [[0, 0, size, half]]}},
+        {"block": BLOCKS[1], "features": {"1": 1.0, "2": 0.5}, "mode": "add", "strength": 3.0,
+         "mask": {"rects": [[quarter, quarter, 3 * quarter, 3 * quarter]]}},
+    ]
+    return Session.from_dict({**base, "layers": []}), Session.from_dict({**base, "layers": layers})
+
+
+def timed(engine: Engine, session: Session) -> float:
+    start = time.perf_counter()
+    engine.generate(session)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-random-sd")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = build_engine(args.model, args.device, Path(tmp))
+        plain, steered = sessions(args.model, args.size, args.steps)
+        for _ in range(3):  # warm-up: caches, allocator, first-call overheads
+            timed(engine, plain), timed(engine, steered)
+        plain_times, steered_times, uncached_times, cached_times = [], [], [], []
+        for _ in range(args.repeats):  # interleaved, so drifts of the machine hit both sides alike
+            plain_times.append(timed(engine, plain))
+            steered_times.append(timed(engine, steered))
+            engine._prompt_cache.clear()
+            uncached_times.append(timed(engine, steered))
+            cached_times.append(timed(engine, steered))
+    device = engine.model.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
+    p, s = statistics.median(plain_times), statistics.median(steered_times)
+    u, c = statistics.median(uncached_times), statistics.median(cached_times)
+    print(f"model {args.model}, {args.size}x{args.size}, {args.steps} steps, device {device} ({name}), "
+          f"torch threads {torch.get_num_threads()}, {args.repeats} interleaved repeats")
+    print(f"plain generation      median {p * 1000:8.1f} ms")
+    print(f"steered (4 layers/2 blocks) {s * 1000:8.1f} ms")
+    print(f"steered / plain ratio       {s / p:8.3f}   (target <= 1.05)")
+    print(f"repaint, prompt re-encoded  {u * 1000:8.1f} ms")
+    print(f"repaint, prompt cached      {c * 1000:8.1f} ms")
+    print(f"cached-prompt speedup       {u / c:8.3f}x")
+
+
+if __name__ == "__main__":
+    main()
