@@ -21,6 +21,7 @@ UNet calls made inside the context, i.e. denoising steps. With classifier-free g
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -141,6 +142,11 @@ class CollectOptions:
     progress: bool = True
 
 
+def multi_cpu() -> bool:
+    """Several processes (accelerate launch / torchrun) and no GPU: accelerate must be told to use gloo on CPUs."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
 def read_prompts(file: str | Path, limit: int | None = None) -> list[str]:
     """One prompt per line; blank lines and lines starting with '#' are skipped."""
     path = Path(file)
@@ -173,8 +179,10 @@ def model_defaults(model: str) -> dict:
     return {key: data[key] for key in ("steps", "guidance", "width", "height") if key in data}
 
 
-def collect(options: CollectOptions) -> dict[str, Manifest]:
+def collect(options: CollectOptions, pipe=None) -> dict[str, Manifest]:
     """Collect activations (see ``sae collect --help``); returns each block's final manifest.
+
+    ``pipe``: an already loaded pipeline for ``options.model`` (else it is loaded here).
 
     Prompt batch i becomes shard i of every block, so finished shards are skipped on a re-run. Under
     ``accelerate launch`` the unfinished batches are split across processes; a plain process does them all.
@@ -185,9 +193,11 @@ def collect(options: CollectOptions) -> dict[str, Manifest]:
     if options.batch_size < 1:
         raise SAEError(f"batch-size is {options.batch_size}; it must be >= 1")
     prompts = read_prompts(options.prompts_file, options.limit)
-    state = PartialState()
-    device = state.device if options.device == "auto" and state.num_processes > 1 else options.device
-    pipe = load_diffusers_pipeline(options.model, device=device, dtype=options.dtype)
+    state = PartialState(cpu=multi_cpu())
+    device = options.device
+    if options.device == "auto" and state.num_processes > 1:
+        device = "cpu" if state.device.type == "cpu" else str(state.device)
+    pipe = pipe or load_diffusers_pipeline(options.model, device=device, dtype=options.dtype)
     folders, manifests = _prepare_folders(pipe, options, prompts, state)
     batches = [list(range(i, min(i + options.batch_size, len(prompts))))
                for i in range(0, len(prompts), options.batch_size)]

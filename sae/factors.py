@@ -69,3 +69,70 @@ def load_factors(path: str | Path) -> Factors | None:
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as exc:
         raise SAEError(f"'{file}' is not a valid factors file: {exc}") from None
     return Factors(weights.float(), list(labels))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Computing factors (`sae factors`): NMF of feature activations.
+
+
+def nmf_factors(activations, n_factors: int, seed: int = 0, max_iter: int = 400) -> torch.Tensor:
+    """Factor weights [n_factors, n_features] from activations [n_samples, n_features] (dense tensor or scipy
+    sparse, non-negative): X ~ W H by scikit-learn's NMF; rows of H, ordered by how much they are used, scaled to
+    max 1."""
+    from sklearn.decomposition import NMF
+
+    if not isinstance(n_factors, int) or n_factors < 1:
+        raise SAEError(f"n (number of factors) is {n_factors!r}; it must be an integer >= 1")
+    matrix = activations.numpy() if isinstance(activations, torch.Tensor) else activations
+    if n_factors > min(matrix.shape):
+        raise SAEError(f"n (number of factors) is {n_factors}; it must be at most {min(matrix.shape)} "
+                       f"(samples: {matrix.shape[0]}, features: {matrix.shape[1]})")
+    model = NMF(n_components=n_factors, init="nndsvda", max_iter=max_iter, random_state=seed)
+    usage = torch.as_tensor(model.fit_transform(matrix)).sum(0)
+    weights = torch.as_tensor(model.components_, dtype=torch.float32)
+    weights = weights[torch.argsort(usage, descending=True)]
+    return weights / weights.max(dim=1, keepdim=True).values.clamp_min(1e-12)
+
+
+def activation_matrix(sae, store, max_vectors: int = 50_000, seed: int = 0, batch_size: int = 4096):
+    """Sparse [samples, n_features] of feature activations divided by sigma_f (so features weigh alike), from an
+    evenly spread random subset of the store's vectors where some feature fired."""
+    import numpy as np
+    from scipy import sparse
+
+    from .metrics import iter_codes
+
+    keep_fraction = min(1.0, max_vectors / max(store.n_vectors, 1))
+    generator = torch.Generator().manual_seed(seed)
+    rows, cols, data, n_rows = [], [], [], 0
+    sigma = sae.feature_mean.cpu().clamp_min(1e-6)
+    for values, indices, _, _ in iter_codes(sae, store, batch_size):
+        chosen = torch.rand(values.shape[0], generator=generator) < keep_fraction
+        values, indices = values[chosen], indices[chosen]
+        values = values / sigma[indices]
+        fired = values > 0
+        row_ids = torch.arange(n_rows, n_rows + values.shape[0])[:, None].expand_as(values)
+        rows.append(row_ids[fired].numpy())
+        cols.append(indices[fired].numpy())
+        data.append(values[fired].numpy())
+        n_rows += values.shape[0]
+    matrix = sparse.csr_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))),
+                               shape=(n_rows, sae.n_features), dtype=np.float32)
+    return matrix[matrix.getnnz(axis=1) > 0]
+
+
+def factor_labels(weights: torch.Tensor, labels: dict, n_top: int = 3) -> list[str]:
+    """Each factor's label: the labels (or "f<index>") of its strongest features, joined by " + "."""
+    names = []
+    for row in weights:
+        top = [int(f) for f in torch.argsort(row, descending=True)[:n_top] if float(row[f]) > 0.2]
+        parts = [labels[f].label if f in labels else f"f{f}" for f in top]
+        names.append(" + ".join(dict.fromkeys(parts)) or "empty")
+    return names
+
+
+def compute_factors(sae, store, n_factors: int, labels: dict | None = None, max_vectors: int = 50_000,
+                    seed: int = 0) -> Factors:
+    """NMF factors of an SAE's feature activations over a store, labelled from its features' labels."""
+    weights = nmf_factors(activation_matrix(sae, store, max_vectors, seed), n_factors, seed)
+    return Factors(weights, factor_labels(weights, labels or {}))

@@ -11,8 +11,12 @@ when labels are computed again.
 from __future__ import annotations
 
 import json
+import math
+import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
 
 from .errors import SAEError
 
@@ -51,3 +55,66 @@ def save_labels(folder: str | Path, labels: dict[int, Label]) -> None:
     tmp = file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     tmp.replace(file)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Offline labels from prompt-word association (`sae label`).
+
+STOPWORDS = frozenset("a an the and or of on in at with to from by for is are its it this that".split())
+
+
+def prompt_words(prompt: str) -> set[str]:
+    words = (word.strip(string.punctuation).lower() for word in prompt.split())
+    return {word for word in words if word and word not in STOPWORDS}
+
+
+def prompt_feature_max(sae, store, batch_size: int = 4096) -> torch.Tensor:
+    """[n_prompts, n_features]: each feature's strongest activation anywhere (any step, any location) per prompt."""
+    from .metrics import iter_codes
+
+    n_prompts = max(store.manifest.n_prompts, len(store.prompts()))
+    strongest = torch.zeros(n_prompts, sae.n_features)
+    for values, indices, index, _ in iter_codes(sae, store, batch_size):
+        rows = index[:, 0].long()[:, None].expand_as(indices)
+        flat = rows * sae.n_features + indices
+        strongest.view(-1).scatter_reduce_(0, flat.flatten(), values.flatten(), reduce="amax")
+    return strongest
+
+
+def word_association_labels(strongest: torch.Tensor, prompts: list[str], top_fraction: float = 0.1,
+                            min_top: int = 3, max_words: int = 3) -> dict[int, Label]:
+    """Which prompt words are over-represented among each feature's strongest prompts.
+
+    For word w, score = (p_top(w) - p_all(w)) / (1 - p_all(w)): 1 when every top prompt holds w and it is not
+    in every prompt, 0 when w is no more frequent among top prompts than overall. The label is the best word,
+    followed by words scoring at least 0.8 x the best (up to ``max_words``).
+    """
+    words_of = [prompt_words(p) for p in prompts]
+    vocabulary = sorted(set().union(*words_of)) if words_of else []
+    if not vocabulary:
+        return {}
+    holds = torch.tensor([[word in words for word in vocabulary] for words in words_of], dtype=torch.float32)
+    base = holds.mean(0)
+    n_top = max(min_top, math.ceil(top_fraction * len(prompts)))
+    labels = {}
+    for feature in range(strongest.shape[1]):
+        column = strongest[: len(prompts), feature]
+        top = column.topk(min(n_top, len(prompts))).indices
+        top = top[column[top] > 0]
+        if top.numel() < 2:
+            continue
+        score = (holds[top].mean(0) - base) / (1 - base).clamp_min(1e-6)
+        score[base >= 1] = 0
+        order = torch.argsort(score, descending=True)
+        best = float(score[order[0]])
+        if best <= 0:
+            continue
+        chosen = [vocabulary[i] for i in order[:max_words].tolist() if float(score[i]) >= 0.8 * best]
+        labels[feature] = Label(" ".join(chosen), round(best, 4), "prompt-words")
+    return labels
+
+
+def merge_labels(existing: dict[int, Label], computed: dict[int, Label]) -> dict[int, Label]:
+    """Computed labels, except where a label a user wrote or ground truth gave already exists."""
+    kept = {f: label for f, label in existing.items() if label.source in ("user", "ground-truth")}
+    return {**computed, **kept}

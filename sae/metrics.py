@@ -158,3 +158,26 @@ def splice_pixel_difference(pipe, sae: SAE, block: str, prompts: list[str], pipe
         totals["pixel_diff_reconstruction"] += float(np.abs(render(batch, first, make_hook(False)) - plain).mean()) * len(batch)
         totals["pixel_diff_mean_ablation"] += float(np.abs(render(batch, first, make_hook(True)) - plain).mean()) * len(batch)
     return {key: value / len(prompts) for key, value in totals.items()}
+
+
+@torch.no_grad()
+def iter_codes(sae: SAE, store, batch_size: int = 4096, max_vectors: int | None = None):
+    """(values [N, k], indices [N, k], index [N, 4], x [N, d_in]) over a store's vectors in shard order."""
+    device = sae.W_dec.device
+    for x, index in store.iter_batches(batch_size, max_vectors=max_vectors):
+        x = x.to(device)
+        values, indices = sae.encode_topk(x)
+        yield values.cpu(), indices.cpu(), index, x
+
+
+def evaluate(sae: SAE, store, batch_size: int = 4096, max_vectors: int | None = None) -> dict:
+    """FVU, explained variance, L0, dead fraction and the firing-frequency histogram over a store."""
+    stats = FeatureStats(sae.n_features)
+    with torch.no_grad():
+        for x, _ in store.iter_batches(batch_size, max_vectors=max_vectors):
+            x = x.to(sae.W_dec.device)
+            values, indices = sae.encode_topk(x)
+            stats.update(values, indices, x, sae.decode_sparse(values, indices))
+    return {"vectors": stats.n_vectors, "fvu": stats.fvu, "explained_variance": 1 - stats.fvu, "l0": stats.l0,
+            "dead_fraction": stats.dead_fraction, "frequency_histogram": frequency_histogram(stats.frequency),
+            "frequency": stats.frequency}

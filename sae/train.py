@@ -6,7 +6,9 @@ The recipe (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", and t
 - the encoder starts as the decoder's transpose; decoder rows stay unit norm after every step, and the part of
   their gradient parallel to them is removed first (it would only change their norm);
 - loss = normalised MSE + auxk_coef * AuxK loss: the features that have not fired for ``dead_tokens`` vectors
-  try to reconstruct the residual with their own top ``auxk``, which gives dead features a gradient;
+  try to reconstruct the residual with their own top ``auxk``, which gives dead features a gradient. Unlike
+  OpenAI's code the AuxK activations are taken before the ReLU: a dead feature whose pre-activation went
+  negative still gets a gradient (with the ReLU, AuxK drove such features to zero and left them dead for good);
 - Adam, linear warm-up, linear decay over the last fifth, gradient norm clipped at 1.
 
 Checkpoints (``checkpoint/state.safetensors`` + ``checkpoint/state.json``) hold the SAE, Adam's state, the
@@ -31,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .errors import SAEError
 from .metrics import FeatureStats, explained_variance
-from .model import CONFIG_NAME, WEIGHTS_NAME, SAE, SAEConfig
+from .model import CONFIG_NAME, SAE, WEIGHTS_NAME, SAEConfig
 from .store import ActivationStore, ShuffledStream, write_json
 
 CHECKPOINT_DIR = "checkpoint"
@@ -106,13 +108,14 @@ class TrainingModel(nn.Module):
         self.sae = sae
 
     def forward(self, x: torch.Tensor, dead: torch.Tensor, auxk: int):
-        pre = self.sae.pre_activations(x)
+        raw = (x - self.sae.b_pre) @ self.sae.W_enc.T + self.sae.b_enc
+        pre = torch.relu(raw)
         values, indices = pre.topk(self.sae.k, dim=-1)
         x_hat = self.sae.decode_sparse(values, indices)
         aux = None
         n_dead = int(dead.sum())
         if auxk and n_dead:
-            aux_values, aux_indices = pre.masked_fill(~dead, 0).topk(min(auxk, n_dead), dim=-1)
+            aux_values, aux_indices = raw.masked_fill(~dead, -torch.inf).topk(min(auxk, n_dead), dim=-1)
             aux = nn.functional.embedding_bag(aux_indices, self.sae.W_dec, per_sample_weights=aux_values, mode="sum")
         return x_hat, values, indices, aux
 
@@ -151,9 +154,11 @@ def train(options: TrainOptions) -> Path:
     """Train (or resume) an SAE; returns the output folder. See ``sae train --help``."""
     from accelerate import Accelerator
 
+    from .capture import multi_cpu
+
     options.check()
     store = ActivationStore(options.acts, options.block)
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=multi_cpu())
     world, rank = accelerator.num_processes, accelerator.process_index
     tokens = options.tokens or store.n_vectors
     steps = max(1, math.ceil(tokens / (options.batch_size * world)))
