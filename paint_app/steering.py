@@ -138,17 +138,32 @@ class BlockEditor:
         delta = self._added(active, batch, height, width)
         setting = [i for i in active if self.edits[i].mode != "add"]
         if setting:
-            sae = self.sae
-            x = site_value(sae.config.site, h_in, h_out).permute(0, 2, 3, 1).to(sae.W_dec.device, sae.W_dec.dtype)
-            values, indices = sae.encode_topk(x)
             delta = delta.clone()
-            for i in setting:
-                rows = self._rows(self.edits[i], batch)
-                # z_f of each of the edit's features: [b, H, W, n_e]
-                z = (values[rows, ..., None, :] * (indices[rows, ..., None, :] == self.features[i][:, None])).sum(-1)
-                mask = self._grid(i, height, width)[..., None]
-                delta[rows] += mask * ((self.targets[i] - z) @ self.directions[i])
+            self._add_settings(delta, h_out, h_in, setting)
         return delta.permute(0, 3, 1, 2)
+
+    def _add_settings(self, delta: torch.Tensor, h_out: torch.Tensor, h_in: torch.Tensor,
+                      setting: list[int]) -> None:
+        """Add the ``set``/``erase`` edits to ``delta`` [b, H, W, C]; the SAE encodes only the cells they cover."""
+        sae = self.sae
+        batch, height, width = delta.shape[:3]
+        cells = self._covered(tuple(setting), height, width)  # [H, W] bool
+        x = site_value(sae.config.site, h_in, h_out).permute(0, 2, 3, 1)[:, cells]  # [b, n_cells, C]
+        values, indices = sae.encode_topk(x.to(sae.W_dec.device, sae.W_dec.dtype))
+        change = torch.zeros_like(delta[:, cells])
+        for i in setting:
+            rows = self._rows(self.edits[i], batch)
+            # z_f of each of the edit's features: [b, n_cells, n_e]
+            z = (values[rows, :, None, :] * (indices[rows, :, None, :] == self.features[i][:, None])).sum(-1)
+            mask = self._grid(i, height, width)[cells][:, None]
+            change[rows] += mask * ((self.targets[i] - z) @ self.directions[i])
+        delta[:, cells] += change
+
+    def _covered(self, setting: tuple[int, ...], height: int, width: int) -> torch.Tensor:
+        key = ("covered", setting, height, width)
+        if key not in self._cache:
+            self._cache[key] = torch.stack([self._grid(i, height, width) > 0 for i in setting]).any(0)
+        return self._cache[key]
 
     def _added(self, active: tuple[int, ...], batch: int, height: int, width: int) -> torch.Tensor:
         """Sum of the active ``add`` edits, [batch, H, W, C]; the same at every step with the same active set."""

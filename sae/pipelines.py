@@ -127,13 +127,16 @@ def _diffusers_takes_dtype() -> bool:
     return hasattr(deprecation_utils, "_resolve_dtype")
 
 
+_BLOCK_NAME = re.compile(r"(down_blocks|up_blocks)\.(\d+)\.attentions\.\d+|mid_block\.attentions\.\d+")
+
+
 def unet_blocks(unet, height: int, width: int, vae_scale: int = 8) -> tuple[BlockInfo, ...]:
     """Every transformer block of a UNet with its channel width and grid at height x width pixels."""
     n_levels = len(unet.config.block_out_channels)
     latent_h, latent_w = height // vae_scale, width // vae_scale
     blocks = []
     for name, module in unet.named_modules():
-        match = re.fullmatch(r"(down_blocks|up_blocks)\.(\d+)\.attentions\.(\d+)|mid_block\.attentions\.(\d+)", name)
+        match = _BLOCK_NAME.fullmatch(name)
         if not match:
             continue
         if match.group(1) == "down_blocks":
@@ -149,11 +152,13 @@ def unet_blocks(unet, height: int, width: int, vae_scale: int = 8) -> tuple[Bloc
 
 def get_block(unet, name: str) -> torch.nn.Module:
     """The UNet submodule called ``name``, or a SAEError listing the transformer blocks."""
-    modules = dict(unet.named_modules())
-    if name not in modules or not re.search(r"attentions\.\d+$", name):
-        valid = [n for n in modules if re.search(r"attentions\.\d+$", n)]
-        raise SAEError(f"block is {name!r}; this UNet's transformer blocks are: {', '.join(valid)}")
-    return modules[name]
+    if isinstance(name, str) and _BLOCK_NAME.fullmatch(name):
+        try:
+            return unet.get_submodule(name)
+        except AttributeError:
+            pass
+    valid = [n for n, _ in unet.named_modules() if _BLOCK_NAME.fullmatch(n)]
+    raise SAEError(f"block is {name!r}; this UNet's transformer blocks are: {', '.join(valid)}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
