@@ -18,7 +18,7 @@ from .errors import PaintError
 from .session import Layer, Mask, encode_png_mask, shift
 
 LAYER_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
-DISPLAY_TARGET = 384  # canvas pixels along the longer side, at least
+DISPLAY_TARGET = 128  # canvas pixels along the longer side, at least
 CHANGE_TOLERANCE = 1.5 / 255  # PNG round trips through the browser may move alpha by one level
 
 

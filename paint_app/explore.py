@@ -212,7 +212,7 @@ class ExploreCache:
     Shared by every tab because it holds only derived pictures of the model, never a user's painting.
     """
 
-    def __init__(self, engine: Engine, probe_seeds: tuple[int, ...] = (0, 1)) -> None:
+    def __init__(self, engine: Engine, probe_seeds: tuple[int, ...] = (0,)) -> None:
         self.engine = engine
         self.probe_seeds = probe_seeds
         self._previews: dict[tuple, Image.Image] = {}

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PROMPT = "a red circle on grass"
 DEFAULT_STRENGTH = 4.0
 PALETTE_LIMIT = 200
+OUTPUT_TARGET = 320  # the shown image is enlarged to at least this many pixels along its longer side
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 ACTIVE_COLOR = "#ff2d95"
 BRUSH_LEVELS = (1.0, 0.6, 0.3)
@@ -80,6 +81,10 @@ class TabState:
 
     def active_layer(self) -> CanvasLayer | None:
         return self.layers[self.active] if 0 <= self.active < len(self.layers) else None
+
+
+def new_tab_state() -> TabState:
+    return TabState()
 
 
 class Notes:
@@ -169,7 +174,16 @@ class PaintApp:
 
     def whole_view(self, state: TabState, notes: Notes) -> dict:
         return {"state": state, "editor": self.editor(state), "output": state.output, **self.panel(state),
-                "status": notes.text(), "download": self.session_file(state)}
+                "status": notes.text(), **self.files(state)}
+
+    def files(self, state: TabState) -> dict:
+        """The tab's downloads: its session file and its image at its own size."""
+        session = self.session_file(state)
+        if session is None or state.output is None:
+            return {"download": session}
+        image = Path(session).with_name("paint-image.png")
+        state.output.save(image)
+        return {"download": session, "download_image": str(image)}
 
     def session_file(self, state: TabState) -> str | None:
         """Write the tab's session for download; one file per tab."""
@@ -269,7 +283,7 @@ class PaintApp:
             return {"state": state, "status": notes.text(), "layer_info": self.panel(state)["layer_info"]}
         timing = self._show(state, notes)
         return {"state": state, "output": state.output, "timing": timing, "status": notes.text(),
-                "download": self.session_file(state), "layer_info": self.panel(state)["layer_info"]}
+                **self.files(state), "layer_info": self.panel(state)["layer_info"]}
 
     def apply(self, state: TabState) -> dict:
         notes = Notes()
@@ -869,7 +883,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
     C: dict[str, Any] = {}
     blocks = gr.Blocks(title="paint-app")
     with blocks:
-        C["state"] = gr.State(TabState, delete_callback=app.forget)
+        C["state"] = gr.State(new_tab_state, delete_callback=app.forget)
         gr.Markdown(f"# paint-app · {engine.model.name}\nPick a concept in the palette, paint it on the canvas, "
                     "and the image follows. Click the image to inspect it.")
         with gr.Row():
@@ -877,7 +891,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
             C["negative"] = gr.Textbox(label="Negative prompt", scale=2, elem_id="negative")
         with gr.Row():
             C["seed"] = gr.Number(label="Seed", value=0, precision=0, elem_id="seed")
-            C["dice"] = gr.Button("🎲", elem_id="dice", scale=0, min_width=60)
+            C["dice"] = gr.Button("Random seed", elem_id="dice", scale=0, min_width=100)
             C["steps"] = gr.Number(label="Steps", value=profile.steps, precision=0, elem_id="steps")
             C["guidance"] = gr.Number(label="Guidance", value=profile.guidance, elem_id="guidance")
             C["width"] = gr.Number(label="Width", value=profile.width, precision=0, elem_id="width")
@@ -920,7 +934,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
                                            type="filepath", elem_id="mask-upload", height=80)
             with gr.Column(scale=3):
                 C["output"] = gr.Image(label="Image (click to inspect)", type="pil", format="png", interactive=False,
-                                       elem_id="output", height=size[1] + 40, buttons=["download"])
+                                       elem_id="output", buttons=[])
                 C["timing"] = gr.Markdown(elem_id="timing")
                 with gr.Row():
                     C["manual"] = gr.Checkbox(label="Apply on button (for slow machines)", value=False,
@@ -930,6 +944,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
                                            value="inspect", label="Clicking the image will", elem_id="click-mode")
                 with gr.Row():
                     C["download"] = gr.DownloadButton("Download session", elem_id="download")
+                    C["download_image"] = gr.DownloadButton("Download image", elem_id="download-image")
                     C["session_upload"] = gr.File(label="Open a session file", file_types=[".json"],
                                                   type="filepath", elem_id="session-upload", height=80)
         with gr.Tab("Palette"):
@@ -979,12 +994,12 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
                          **options, **{"show_progress": "minimal", **kwargs})
 
         view = ["state", "editor", "output", "layer_select", "layer_info", "mode", "strength", "step_start",
-                "step_end", "enabled", "status", "download", "timing"]
+                "step_end", "enabled", "status", "download", "download_image", "timing"]
         settings = ["prompt", "negative", "seed", "steps", "guidance", "width", "height"]
-        repaint = ["state", "output", "timing", "status", "download", "layer_info"]
+        repaint = ["state", "output", "timing", "status", "download", "download_image", "layer_info"]
         panel = ["state", "editor", "layer_select", "layer_info", "mode", "strength", "step_start", "step_end",
                  "enabled", "status"]
-        changed = [*panel, "output", "timing", "download"]
+        changed = [*panel, "output", "timing", "download", "download_image"]
 
         wire(blocks.load, app.start, ["state"], [*view, *settings, "prompt_notes", "palette_table"])
         for trigger in (C["generate"].click, C["prompt"].submit):
@@ -1006,7 +1021,8 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
                 wire(trigger, _with_live(app.set_step_range), ["state", "step_start", "step_end", "manual"], changed,
                      trigger_mode="always_last")
         wire(C["enabled"].input, _with_live(app.set_enabled), ["state", "enabled", "manual"], changed)
-        wire(C["mask_upload"].upload, _with_live(app.upload_mask), ["state", "mask_upload", "manual"], changed)
+        wire(C["mask_upload"].upload, _cleared(_with_live(app.upload_mask), "mask_upload"),
+             ["state", "mask_upload", "manual"], [*changed, "mask_upload"])
         for direction in ("left", "up", "down", "right"):
             wire(C[f"move_{direction}"].click, _with_live(_bind(app.nudge, direction)),
                  ["state", "move_step", "manual"], changed, trigger_mode="always_last")
@@ -1020,6 +1036,9 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
 
         def on_image_click(state, click_mode, manual, evt: gr.SelectData):
             x, y = evt.index if isinstance(evt.index, (list, tuple)) else (None, None)
+            if x is not None and state.output is not None:  # the page shows the image enlarged
+                scale = canvas.display_scale(*state.output.size, OUTPUT_TARGET)
+                x, y = (x + 0.5) / scale, (y + 0.5) / scale
             return _outputs(_guarded(click, state, x, y, click_mode, not manual), click_outputs)
 
         C["output"].select(on_image_click, [C["state"], C["click_mode"], C["manual"]], [C[n] for n in click_outputs],
@@ -1051,8 +1070,8 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
              ["factor_weights", "concept_name", "status"], uses_engine=False)
         wire(C["save_factor"].click, app.save_factor, ["state", "factor_pick", "factor_weights", "concept_name"],
              ["state", "status"], uses_engine=False)
-        wire(C["session_upload"].upload, app.load_session_file, ["state", "session_upload"],
-             [*view, *settings, "prompt_notes"])
+        wire(C["session_upload"].upload, _cleared(app.load_session_file, "session_upload"),
+             ["state", "session_upload"], [*view, *settings, "prompt_notes", "session_upload"])
     blocks.paint_app = app  # for tests and the benchmark: the handlers behind the page
     return blocks
 
@@ -1067,6 +1086,15 @@ def _with_live(method: Callable) -> Callable:
     return call
 
 
+def _cleared(method: Callable, upload: str) -> Callable:
+    """Empty the upload box after its file is read, so the next file can be dropped there."""
+
+    def call(*args):
+        return {**(_guarded(method, *args)), upload: None}
+
+    return call
+
+
 def _bind(method: Callable, direction: str) -> Callable:
     def call(state, step, live=True):
         return method(state, direction, step, live)
@@ -1075,8 +1103,16 @@ def _bind(method: Callable, direction: str) -> Callable:
 
 
 def _outputs(result: dict, names: list[str]) -> list:
-    """A handler's named results in the order of ``names``; what it did not return stays as it is."""
+    """A handler's named results in the order of ``names``; what it did not return stays as it is. The image is
+    shown enlarged (nearest neighbour) so small images are visible and clicks land on whole pixels."""
+    if isinstance(result.get("output"), Image.Image):
+        result = {**result, "output": for_display(result["output"])}
     return [result.get(name, gr.skip()) for name in names]
+
+
+def for_display(image: Image.Image) -> Image.Image:
+    scale = canvas.display_scale(image.width, image.height, OUTPUT_TARGET)
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
 
 
 def _guarded(method: Callable, *args) -> dict:

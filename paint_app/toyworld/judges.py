@@ -6,8 +6,8 @@
 - shape: a small MLP on the silhouette (largest connected foreground component in the region, cropped to its
   bounding box, padded square, resized to 20x20), trained on ground-truth renders (blurred at random, since
   generated images are softer than renders).
-- texture: a small MLP on 10x10 patches of normalised luminance; a region's texture is the majority vote of
-  the patches that lie on foreground inside it.
+- texture: a small MLP on where the pattern shade lies in the region's foreground: its share of the pixels and
+  of rows / columns that are mostly or half shade (stripes fill whole rows, dots half of some rows and columns).
 Weights are safetensors, metadata and held-out accuracies JSON (``assets/toy/judges``). Train and evaluate with
 ``python -m paint_app.toyworld.judges [--out assets/toy/judges]``.
 """
@@ -30,7 +30,6 @@ from .world import (
     COLOURS,
     PATTERN_SHADE,
     SHAPES,
-    SIZE,
     TEXTURES,
     render,
     scene_for_seed,
@@ -39,7 +38,6 @@ from .world import (
 JUDGES_DIR = Path(__file__).resolve().parents[2] / "assets" / "toy" / "judges"
 COLOUR_MIN_FRACTION = 0.3
 SHAPE_INPUT = 20
-PATCH = 10
 MIN_OBJECT_PIXELS = 24
 JUDGE_SEED_BASE = 20_000_000  # judge training renders; evaluation uses JUDGE_SEED_BASE + 1_000_000 and up
 
@@ -54,7 +52,7 @@ def _references() -> tuple[np.ndarray, np.ndarray]:
     for index, name in enumerate(COLOUR_NAMES):
         rgb = np.array(COLOURS[name], np.float32)
         rows += [rgb, rgb * PATTERN_SHADE, rgb * (1 + PATTERN_SHADE) / 2]
-        classes += [index] * 3
+        classes += [index] * 3  # kinds (see _REF_KIND): full colour, pattern shade, the blur between them
     for base, _ in BACKGROUNDS.values():
         rows.append(np.array(base, np.float32))
         classes.append(-1)
@@ -65,6 +63,7 @@ def _references() -> tuple[np.ndarray, np.ndarray]:
 
 
 _REF_RGB, _REF_CLASS = _references()
+_REF_KIND = np.array([i % 3 if c >= 0 else -1 for i, c in enumerate(_REF_CLASS)])
 
 
 def classify_pixels(image: np.ndarray) -> np.ndarray:
@@ -175,33 +174,41 @@ def silhouette_of(component: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Texture: luminance patches.
+# Texture: where the object's shade (stripes, dots) lies, row by row and column by column.
+
+TEXTURE_FEATURES = 9
 
 
-def _luminance(image: np.ndarray) -> np.ndarray:
-    return np.asarray(image, np.float32).mean(-1)
+def dark_pixels(image: np.ndarray) -> np.ndarray:
+    """[H, W] bool: pixels nearest to an object colour's pattern shade."""
+    pixels = np.asarray(image, np.float32).reshape(-1, 1, 3)
+    nearest = ((pixels - _REF_RGB[None]) ** 2).sum(-1).argmin(1)
+    return (_REF_KIND[nearest] == 1).reshape(image.shape[:2])
 
 
-def patch_features(patch_rgb: np.ndarray) -> np.ndarray:
-    """A PATCH x PATCH RGB patch as features: luminance over its brightest level, and its FFT magnitude."""
-    lum = _luminance(patch_rgb)
-    lum = lum / max(1.0, float(np.percentile(lum, 90)))
-    spectrum = np.abs(np.fft.rfft2(lum - lum.mean())) / lum.size
-    return np.concatenate([lum.reshape(-1), spectrum.reshape(-1) * 4]).astype(np.float32)
+def _profile(dark: np.ndarray, inside: np.ndarray, axis: int) -> list[float]:
+    """Of the lines (rows for axis=1) with >= 3 region pixels: fractions mostly dark, half dark, and their count."""
+    counts = inside.sum(axis)
+    keep = counts >= 3
+    if not keep.any():
+        return [0.0, 0.0, 0.0]
+    fraction = (dark & inside).sum(axis)[keep] / counts[keep]
+    return [float((fraction > 0.7).mean()), float(((fraction > 0.2) & (fraction <= 0.7)).mean()),
+            min(1.0, keep.sum() / 16)]
 
 
-def region_patches(image: np.ndarray, mask: np.ndarray | None, stride: int = 3,
-                   min_inside: float = 0.85) -> np.ndarray:
-    """Features of the patches that lie (mostly) on foreground inside the region."""
+def texture_features(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray | None:
+    """Features of the pattern on the region's foreground; None when under MIN_OBJECT_PIXELS of it."""
     inside = foreground(image) & _as_mask(mask, image.shape[:2])
-    integral = np.pad(inside.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    features = []
-    for y in range(0, SIZE - PATCH + 1, stride):
-        for x in range(0, SIZE - PATCH + 1, stride):
-            count = integral[y + PATCH, x + PATCH] - integral[y, x + PATCH] - integral[y + PATCH, x] + integral[y, x]
-            if count >= min_inside * PATCH * PATCH:
-                features.append(patch_features(image[y:y + PATCH, x:x + PATCH]))
-    return np.stack(features) if features else np.zeros((0, PATCH * PATCH + PATCH * (PATCH // 2 + 1)), np.float32)
+    if inside.sum() < MIN_OBJECT_PIXELS:
+        return None
+    dark = dark_pixels(image)
+    eroded = ndimage.binary_erosion(inside)
+    core = eroded if eroded.sum() >= MIN_OBJECT_PIXELS else inside  # edges of soft images read as shade
+    features = [float((dark & core).sum() / core.sum()), float((dark & inside).sum() / inside.sum()),
+                min(1.0, core.sum() / 400)]
+    features += _profile(dark, core, 1) + _profile(dark, core, 0)
+    return np.array(features, np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -226,12 +233,12 @@ class Judges:
         return SHAPES[int(probs.argmax())], float(probs.max())
 
     def texture(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[str, float]:
-        """(texture, fraction of voting patches) in the region, or ("none", 0) when no patch lies on an object."""
-        features = region_patches(np.asarray(image), mask)
-        if len(features) == 0:
+        """(texture, probability) of the foreground in the region, or ("none", 0) when there is too little."""
+        features = texture_features(np.asarray(image), mask)
+        if features is None:
             return "none", 0.0
-        votes = np.bincount(self.texture_mlp.probabilities(features).argmax(1), minlength=len(TEXTURES))
-        return TEXTURES[int(votes.argmax())], float(votes.max() / votes.sum())
+        probs = self.texture_mlp.probabilities(features[None])[0]
+        return TEXTURES[int(probs.argmax())], float(probs.max())
 
     def judge(self, kind: str, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[str, float]:
         if kind not in ("colour", "shape", "texture"):
@@ -283,21 +290,20 @@ def shape_examples(seeds: range, rng: np.random.Generator) -> tuple[np.ndarray, 
     return np.stack(xs), np.array(ys)
 
 
-def texture_examples(seeds: range, rng: np.random.Generator, per_scene: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Patches that lie inside one object (by ground truth) of softened renders, labelled with its texture."""
+def texture_examples(seeds: range, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Features of each object's region (its ground-truth mask, dilated a little) in softened renders."""
     xs, ys = [], []
     for seed in seeds:
         scene = scene_for_seed(seed)
         rendered = render(scene)
         image = soften(rendered.image, rng)
-        for _ in range(per_scene):
-            y, x = rng.integers(0, SIZE - PATCH + 1, 2)
-            ids = rendered.object_id[y:y + PATCH, x:x + PATCH]
-            top = np.bincount(ids.reshape(-1)).argmax()
-            if top == 0 or (ids == top).mean() < 0.85:
-                continue
-            xs.append(patch_features(image[y:y + PATCH, x:x + PATCH]))
-            ys.append(TEXTURES.index(scene.objects[top - 1].texture))
+        for i, obj in enumerate(scene.objects):
+            region = ndimage.binary_dilation(rendered.object_id == i + 1, iterations=int(rng.integers(0, 4)))
+            region &= (rendered.object_id == 0) | (rendered.object_id == i + 1)
+            features = texture_features(image, region)
+            if features is not None:
+                xs.append(features)
+                ys.append(TEXTURES.index(obj.texture))
     return np.stack(xs), np.array(ys)
 
 
@@ -321,15 +327,15 @@ def evaluate(judges: Judges, seeds: range, rng: np.random.Generator, soft: bool 
     return {k: float(np.mean(v)) for k, v in hits.items()} | {"objects": len(hits["colour"])}
 
 
-def train_judges(n_shape: int = 4000, n_texture: int = 3000, seed: int = 0) -> Judges:
+def train_judges(n_shape: int = 3000, n_texture: int = 3000, seed: int = 0) -> Judges:
     rng = np.random.default_rng(seed)
     x, y = shape_examples(range(JUDGE_SEED_BASE, JUDGE_SEED_BASE + n_shape), rng)
     shape_mlp = fit_mlp(x, y, SHAPES, (64,), seed)
     x, y = texture_examples(range(JUDGE_SEED_BASE + n_shape, JUDGE_SEED_BASE + n_shape + n_texture), rng)
-    texture_mlp = fit_mlp(x, y, TEXTURES, (64,), seed)
+    texture_mlp = fit_mlp(x, y, TEXTURES, (32, 32), seed)
     info = {"trained_on": {"shape_renders": n_shape, "texture_renders": n_texture, "seed": seed,
                            "seeds_from": JUDGE_SEED_BASE},
-            "colour_min_fraction": COLOUR_MIN_FRACTION, "shape_input": SHAPE_INPUT, "patch": PATCH}
+            "colour_min_fraction": COLOUR_MIN_FRACTION, "shape_input": SHAPE_INPUT}
     return Judges(shape_mlp, texture_mlp, info)
 
 

@@ -40,6 +40,8 @@ from .world import SIZE, caption, render, scene_for_seed
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SEED_BASE = 0  # training scenes use seeds [0, scenes); held-out evaluation uses seeds >= HELD_OUT_SEED_BASE
 HELD_OUT_SEED_BASE = 10_000_000
+TOY_REFERENCE = "reference.png"
+REFERENCE = {"prompt": "a red circle", "seed": 0}
 DEFAULTS = {"width": SIZE, "height": SIZE, "steps": 8, "guidance": 3.0}
 BLOCK_ROLES = {
     "down_blocks.0.attentions.0": "fine, early (16x16)",
@@ -60,10 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    parser.add_argument("--vae-steps", type=int, default=700)
+    parser.add_argument("--vae-steps", type=int, default=800)
     parser.add_argument("--vae-batch", type=int, default=32)
-    parser.add_argument("--scenes", type=int, default=40_000, help="training scenes (encoded once)")
-    parser.add_argument("--unet-steps", type=int, default=1700)
+    parser.add_argument("--scenes", type=int, default=16_000, help="training scenes (encoded once)")
+    parser.add_argument("--unet-steps", type=int, default=1400)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--checkpoint-every", type=int, default=100)
@@ -144,7 +146,7 @@ def train_vae(args: argparse.Namespace, device: torch.device) -> torch.nn.Module
         crops = []
         for _ in range(args.vae_batch):
             image = render(scene_for_seed(int(rng.integers(2**31)) + HELD_OUT_SEED_BASE * 10)).image
-            y, x = rng.integers(0, SIZE - 32 + 1, 2)
+            y, x = rng.integers(0, (SIZE - 32) // 4 + 1, 2) * 4  # on the latent grid, as whole images are
             crops.append(image[y:y + 32, x:x + 32])
         batch = images_to_tensor(crops).to(device)
         set_lr(optimizer, lr_at(step, args.vae_steps, args.lr))
@@ -280,6 +282,21 @@ def save_assets(out: Path, vae, text_encoder, tokenizer, unet, info: dict) -> No
         defaults["blocks"] = json.loads(previous.read_text()).get("blocks", BLOCK_ROLES)
     previous.write_text(json.dumps(defaults, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_reference(out)
+
+
+def write_reference(out: Path) -> None:
+    """A reference generation by the saved weights (loaded as the app loads them), to catch silent drift."""
+    from paint_app.engine import Engine
+    from paint_app.models import LoadedModel, profile_for
+    from paint_app.session import Session
+    from sae.pipelines import load_diffusers_pipeline
+
+    pipe = load_diffusers_pipeline(str(out), device="cpu")
+    engine = Engine(LoadedModel("toy", pipe, profile_for(str(out), pipe), pipe.unet.device, pipe.unet.dtype))
+    settings = dict(REFERENCE, steps=DEFAULTS["steps"], guidance=DEFAULTS["guidance"])
+    engine.generate(Session(model="toy", width=SIZE, height=SIZE, **settings)).save(out / TOY_REFERENCE)
+    (out / "reference.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,10 +123,11 @@ def texture_pattern(texture: str) -> np.ndarray:
     x, y = _XX.astype(int), _YY.astype(int)
     if texture == "plain":
         return np.zeros((SIZE, SIZE), bool)
+    # Patterns on the 4-pixel grid of the VAE's latent cells: each cell is all pattern or none.
     if texture == "striped":
-        return (y // 3) % 2 == 1
+        return (y // 4) % 2 == 1
     if texture == "dotted":
-        return ((x % 5) >= 2) & ((x % 5) <= 3) & ((y % 5) >= 2) & ((y % 5) <= 3)
+        return ((x // 4) % 2 == 1) & ((y // 4) % 2 == 1)
     raise ValueError(f"texture is {texture!r}; allowed: {', '.join(TEXTURES)}")
 
 
@@ -201,3 +202,31 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, form: str = "r
     if rng.random() < 0.4:
         text += f" on {scene.background}"
     return text
+
+
+def prompts(n: int, seed_base: int, form: str = "random") -> list[str]:
+    """``n`` captions of seeded scenes (seeds ``seed_base..``), e.g. for ``sae collect --prompts``."""
+    return [caption(scene_for_seed(seed_base + i), np.random.default_rng(seed_base + i), form) for i in range(n)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m paint_app.toyworld.world",
+                                     description="write captions of seeded toy-world scenes, one per line")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--seed-base", type=int, default=40_000_000)
+    parser.add_argument("--form", choices=("random", "plain", "full"), default="random")
+    parser.add_argument("--out", default="-")
+    args = parser.parse_args(argv)
+    text = "\n".join(prompts(args.n, args.seed_base, args.form)) + "\n"
+    if args.out == "-":
+        print(text, end="")
+    else:
+        with open(args.out, "w") as handle:
+            handle.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

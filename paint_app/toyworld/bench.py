@@ -1,0 +1,218 @@
+"""PaintBench on the toy model: does painting a concept put it inside the mask, and nowhere else?
+
+For each labelled colour, texture and shape concept and each block with an SAE: on K held-out scenes whose
+caption lacks the concept, paint the concept's best feature (highest ground-truth score) and its best factor into
+a random rectangle (sides 24 or 32 px, on the 8-px grid of the coarsest block) at the given strength, and judge:
+- success: the concept is judged present inside the mask (``Judges``: colour, texture or shape of the region);
+- base rate: the same judgement on the unpainted image (what success would be by chance);
+- leakage: the fraction of pixels outside the mask whose colour moved by more than ``LEAK_THRESHOLD`` (RGB
+  Euclidean distance, 0-255 scale) between the unpainted and the painted image (same seed);
+- removal (erase mode): on scenes whose caption names the concept and whose unpainted image shows it, erase the
+  best feature over the object (its region dilated to the 4-px grid); removal is the concept judged gone there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from paint_app.engine import Engine
+from paint_app.session import Layer, Mask, Session
+
+from .evaluate import object_region
+from .judges import Judges
+from .labels import CONCEPT_KIND
+from .world import COLOUR_NAMES, SHAPES, TEXTURES, caption, scene_for_seed
+
+BENCH_SEED_BASE = 50_000_000
+LEAK_THRESHOLD = 40.0
+PAINTED_KINDS = ("colour", "texture", "shape")
+
+
+@dataclass
+class Result:
+    block: str
+    concept: str
+    kind: str
+    feature: int | None
+    feature_score: float
+    factor: int | None
+    success_feature: float
+    success_factor: float | None
+    base_rate: float
+    leakage_feature: float
+    leakage_factor: float | None
+    removal: float | None
+    n: int
+    n_erase: int
+
+
+def best_feature(concepts, block: str, concept: str) -> tuple[int | None, float]:
+    entry = concepts.blocks[block]
+    scored = [(label.score, f) for f, label in entry.labels.items() if label.label == concept]
+    if not scored:
+        return None, 0.0
+    score, feature = max(scored)
+    return feature, score
+
+
+def best_factor(concepts, block: str, concept: str) -> int | None:
+    """The factor labelled with the concept whose strongest feature is best labelled (factors keep no scores)."""
+    entry = concepts.blocks[block]
+    if entry.factors is None:
+        return None
+    candidates = [i for i, label in enumerate(entry.factors.labels) if label == concept]
+    if not candidates:
+        return None
+
+    def quality(factor: int) -> float:
+        top = entry.factors.features_of(factor)
+        return sum(w * (entry.labels[f].score if f in entry.labels and entry.labels[f].label == concept else 0.0)
+                   for f, w in top.items()) / max(1e-6, sum(top.values()))
+
+    return max(candidates, key=quality)
+
+
+def scene_lacking(concept: str, seed: int):
+    kind = CONCEPT_KIND[concept]
+    while True:
+        scene = scene_for_seed(seed, n_objects=1 + seed % 2)
+        if all(getattr(o, kind) != concept for o in scene.objects):
+            return scene, seed
+        seed += 1_000_003
+
+
+def random_rect(rng: np.random.Generator, size: int = 64) -> list[int]:
+    w, h = (int(v) for v in rng.choice([24, 32], 2))
+    x0 = int(rng.integers(0, (size - w) // 8 + 1)) * 8
+    y0 = int(rng.integers(0, (size - h) // 8 + 1)) * 8
+    return [x0, y0, x0 + w, y0 + h]
+
+
+def rect_mask(rect: list[int], size: int = 64) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    x0, y0, x1, y1 = rect
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def leakage(base: np.ndarray, painted: np.ndarray, mask: np.ndarray) -> float:
+    moved = np.linalg.norm(painted.astype(np.float32) - base.astype(np.float32), axis=-1) > LEAK_THRESHOLD
+    return float(moved[~mask].mean())
+
+
+class Bench:
+    def __init__(self, engine: Engine, judges: Judges, strength: float, k: int) -> None:
+        self.engine = engine
+        self.judges = judges
+        self.strength = strength
+        self.k = k
+        profile = engine.model.profile
+        self.base_session = Session(model=engine.model.name, width=profile.width, height=profile.height,
+                                    steps=profile.steps, guidance=profile.guidance)
+        self._cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def image(self, prompt: str, seed: int, layers: list[Layer] | None = None) -> np.ndarray:
+        if not layers and (prompt, seed) in self._cache:
+            return self._cache[(prompt, seed)]
+        session = Session(**{**self.base_session.__dict__, "prompt": prompt, "seed": seed, "layers": layers or []})
+        image = np.asarray(self.engine.generate(session).convert("RGB"))
+        if not layers:
+            self._cache[(prompt, seed)] = image
+        return image
+
+    def judged(self, kind: str, image: np.ndarray, mask: np.ndarray) -> str:
+        return self.judges.judge(kind, image, mask)[0]
+
+    def run_concept(self, block: str, concept: str) -> Result:
+        kind = CONCEPT_KIND[concept]
+        feature, score = best_feature(self.engine.concepts, block, concept)
+        factor = best_factor(self.engine.concepts, block, concept)
+        rng = np.random.default_rng([BENCH_SEED_BASE, concepts_to_paint().index(concept)])
+        hits = {"feature": [], "factor": [], "base": []}
+        leaks = {"feature": [], "factor": []}
+        for i in range(self.k):
+            scene, seed = scene_lacking(concept, BENCH_SEED_BASE + 1000 * i)
+            prompt = caption(scene, np.random.default_rng(seed))
+            rect = random_rect(rng)
+            mask = rect_mask(rect)
+            base = self.image(prompt, seed)
+            hits["base"].append(self.judged(kind, base, mask) == concept)
+            for name, spec in (("feature", {"feature": feature}), ("factor", {"factor": factor})):
+                if spec[name] is None:
+                    continue
+                layer = Layer(block=block, mask=Mask(rects=[rect]), strength=self.strength, **spec)
+                painted = self.image(prompt, seed, [layer])
+                hits[name].append(self.judged(kind, painted, mask) == concept)
+                leaks[name].append(leakage(base, painted, mask))
+        removal, n_erase = self.erase(block, concept, feature) if feature is not None else (None, 0)
+
+        def mean(values: list) -> float | None:
+            return float(np.mean(values)) if values else None
+
+        return Result(block, concept, kind, feature, score, factor, mean(hits["feature"]) or 0.0,
+                      mean(hits["factor"]), mean(hits["base"]) or 0.0, mean(leaks["feature"]) or 0.0,
+                      mean(leaks["factor"]), removal, self.k, n_erase)
+
+    def erase(self, block: str, concept: str, feature: int) -> tuple[float | None, int]:
+        kind = CONCEPT_KIND[concept]
+        removed = []
+        for i in range(self.k):
+            seed = BENCH_SEED_BASE + 500_000 + 1000 * i
+            pins = {kind: concept}
+            scene = scene_for_seed(seed, n_objects=1, **pins)
+            prompt = caption(scene, form="full" if kind == "texture" else "plain")
+            base = self.image(prompt, seed)
+            region = object_region(base)
+            if region is None or self.judged(kind, base, region) != concept:
+                continue
+            rows, cols = np.nonzero(region)
+            rect = [int(cols.min()) // 4 * 4, int(rows.min()) // 4 * 4, -(-(int(cols.max()) + 1) // 4) * 4,
+                    -(-(int(rows.max()) + 1) // 4) * 4]
+            layer = Layer(block=block, mask=Mask(rects=[rect]), feature=feature, mode="erase")
+            painted = self.image(prompt, seed, [layer])
+            removed.append(self.judged(kind, painted, rect_mask(rect)) != concept)
+        return (float(np.mean(removed)) if removed else None), len(removed)
+
+
+def concepts_to_paint() -> list[str]:
+    return list(COLOUR_NAMES) + list(TEXTURES) + list(SHAPES)
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| block | concept | feature (score) | success feature | success factor | base rate | leakage feature "
+             "| leakage factor | removal (erase) |", "|" + "---|" * 9]
+    for r in results:
+        feature = "-" if r.feature is None else f"{r.feature} ({r.feature_score:.2f})"
+        removal = "-" if r.removal is None else f"{fmt(r.removal)} of {r.n_erase}"
+        lines.append(f"| {r.block} | {r.concept} | {feature} | {fmt(r.success_feature)} | {fmt(r.success_factor)} | "
+                     f"{fmt(r.base_rate)} | {fmt(r.leakage_feature)} | {fmt(r.leakage_factor)} | {removal} |")
+    return "\n".join(lines)
+
+
+def summary(results: list[Result]) -> list[dict]:
+    rows = []
+    for block in sorted({r.block for r in results}):
+        row = {"block": block}
+        for kind in PAINTED_KINDS:
+            mine = [r for r in results if r.block == block and r.kind == kind and r.feature is not None]
+            row[kind] = float(np.mean([r.success_feature for r in mine])) if mine else None
+        mine = [r for r in results if r.block == block and r.feature is not None]
+        row["leakage"] = float(np.mean([r.leakage_feature for r in mine])) if mine else None
+        removals = [r.removal for r in mine if r.removal is not None]
+        row["removal"] = float(np.mean(removals)) if removals else None
+        rows.append(row)
+    return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    lines = ["| block | colour success | texture success | shape success | leakage | removal |", "|" + "---|" * 6]
+    for row in rows:
+        lines.append(f"| {row['block']} | {fmt(row['colour'])} | {fmt(row['texture'])} | {fmt(row['shape'])} | "
+                     f"{fmt(row['leakage'])} | {fmt(row['removal'])} |")
+    return "\n".join(lines)

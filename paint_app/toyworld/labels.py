@@ -1,0 +1,178 @@
+"""Ground-truth labels for the SAE features (and factors) of a toy-model block.
+
+Rendered scenes are encoded by the VAE, noised to each timestep the default sampler visits, and passed through
+the UNet with their full caption; the block's site value is encoded by the SAE. Each feature's activation map is
+compared with every concept's ground-truth map (the fraction of each grid cell the concept covers) by Pearson
+correlation over all cells, scenes and timesteps; its label is the best-matching concept, its score that
+correlation. Written to the SAE's ``labels.json`` with ``source: "ground-truth"`` (labels a user wrote are kept);
+factors get the label of the concept their summed activation matches best.
+
+``python -m paint_app.toyworld.labels assets/toy/saes/<block> [--model toy] [--scenes 300]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sae.factors import load_factors, save_factors
+from sae.hooks import block_input, block_output, forward_hooks, site_value
+from sae.labels import Label, load_labels, save_labels
+from sae.model import SAE
+from sae.pipelines import get_block
+
+from .world import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES, SIZE, TEXTURES, caption, render, scene_for_seed
+
+LABEL_SEED_BASE = 30_000_000
+CONCEPTS: tuple[tuple[str, str], ...] = (
+    tuple(("colour", c) for c in COLOUR_NAMES) + tuple(("shape", s) for s in SHAPES)
+    + tuple(("texture", t) for t in TEXTURES) + tuple(("background", b) for b in BACKGROUND_NAMES)
+)
+CONCEPT_KIND = {name: kind for kind, name in CONCEPTS}
+
+
+def concept_maps(rendered, grid: tuple[int, int]) -> np.ndarray:
+    """[n_concepts, gh, gw]: the fraction of each grid cell covered by each concept."""
+    gh, gw = grid
+    planes = []
+    for kind, name in CONCEPTS:
+        values = getattr(rendered, kind)
+        index = {"colour": COLOUR_NAMES, "shape": SHAPES, "texture": TEXTURES, "background": BACKGROUND_NAMES}[kind]
+        planes.append(values == 1 + index.index(name))
+    stack = np.stack(planes).astype(np.float32)
+    return stack.reshape(len(CONCEPTS), gh, SIZE // gh, gw, SIZE // gw).mean((2, 4))
+
+
+@dataclass
+class Correlator:
+    """Running sums for the Pearson correlation of every activation column with every concept column."""
+
+    n_columns: int
+    n_concepts: int
+
+    def __post_init__(self) -> None:
+        self.count = 0
+        self.sum_z = torch.zeros(self.n_columns, dtype=torch.float64)
+        self.sum_zz = torch.zeros(self.n_columns, dtype=torch.float64)
+        self.sum_c = torch.zeros(self.n_concepts, dtype=torch.float64)
+        self.sum_cc = torch.zeros(self.n_concepts, dtype=torch.float64)
+        self.sum_zc = torch.zeros(self.n_columns, self.n_concepts, dtype=torch.float64)
+
+    def update(self, z: torch.Tensor, c: torch.Tensor) -> None:
+        z, c = z.double(), c.double()
+        self.count += z.shape[0]
+        self.sum_z += z.sum(0)
+        self.sum_zz += (z * z).sum(0)
+        self.sum_c += c.sum(0)
+        self.sum_cc += (c * c).sum(0)
+        self.sum_zc += z.T @ c
+
+    def correlation(self) -> torch.Tensor:
+        n = self.count
+        cov = self.sum_zc / n - torch.outer(self.sum_z / n, self.sum_c / n)
+        var_z = (self.sum_zz / n - (self.sum_z / n) ** 2).clamp_min(1e-12)
+        var_c = (self.sum_cc / n - (self.sum_c / n) ** 2).clamp_min(1e-12)
+        return (cov / torch.sqrt(torch.outer(var_z, var_c))).float()
+
+
+@torch.no_grad()
+def ground_truth_correlations(pipe, sae: SAE, block: str, n_scenes: int = 300, steps: int = 8,
+                              batch_size: int = 32, factor_weights: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Correlations [n_features, n_concepts] (and [n_factors, n_concepts] with factor weights)."""
+    module = get_block(pipe.unet, block)
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps.clone()
+    scale = pipe.vae.config.scaling_factor
+    features = Correlator(sae.n_features, len(CONCEPTS))
+    factors = Correlator(factor_weights.shape[0], len(CONCEPTS)) if factor_weights is not None else None
+    captured: list[torch.Tensor] = []
+
+    def hook(mod, args, kwargs, output):
+        captured.append(site_value(sae.config.site, block_input(args, kwargs), block_output(output)))
+
+    generator = torch.Generator().manual_seed(0)
+    with forward_hooks({module: hook}):
+        for start in range(0, n_scenes, batch_size):
+            scenes = [scene_for_seed(LABEL_SEED_BASE + i) for i in range(start, min(n_scenes, start + batch_size))]
+            rendered = [render(s) for s in scenes]
+            images = torch.from_numpy(np.stack([r.image for r in rendered]).astype(np.float32) / 127.5 - 1)
+            latents = pipe.vae.encode(images.permute(0, 3, 1, 2).to(pipe.vae.dtype)).latent_dist.mean * scale
+            embeds = pipe.encode_prompt([caption(s, form="full") for s in scenes], pipe.unet.device, 1, False)[0]
+            for t in timesteps:
+                noise = torch.randn(latents.shape, generator=generator).to(latents.dtype)
+                noisy = scheduler.add_noise(latents, noise, t.repeat(len(scenes)))
+                captured.clear()
+                pipe.unet(noisy, t, encoder_hidden_states=embeds)
+                value = captured[0].permute(0, 2, 3, 1).float()  # [b, H, W, C]
+                grid = tuple(value.shape[1:3])
+                maps = torch.from_numpy(np.stack([concept_maps(r, grid) for r in rendered]))  # [b, J, H, W]
+                c = maps.permute(0, 2, 3, 1).reshape(-1, len(CONCEPTS))
+                z = sae.encode(value.to(sae.W_dec.dtype)).reshape(-1, sae.n_features).float()
+                features.update(z, c)
+                if factors is not None:
+                    factors.update(z @ factor_weights.T, c)
+    return features.correlation(), (factors.correlation() if factors is not None else None)
+
+
+def best_labels(correlation: torch.Tensor, active: torch.Tensor) -> dict[int, Label]:
+    """Each active row's best concept, with its correlation as the score (rows with no positive match skipped)."""
+    score, concept = correlation.max(1)
+    labels = {}
+    for row in range(correlation.shape[0]):
+        if bool(active[row]) and float(score[row]) > 0:
+            labels[row] = Label(CONCEPTS[int(concept[row])][1], round(float(score[row]), 4), "ground-truth")
+    return labels
+
+
+def label_sae(pipe, folder: Path, n_scenes: int = 300, steps: int = 8) -> dict:
+    """Write ground-truth labels (and factor labels) for the SAE in ``folder``; returns a summary."""
+    sae = SAE.from_pretrained(folder)
+    sae.eval()
+    block = sae.config.block
+    factors = load_factors(folder)
+    feature_corr, factor_corr = ground_truth_correlations(
+        pipe, sae, block, n_scenes, steps, factor_weights=factors.weights if factors is not None else None)
+    labels = best_labels(feature_corr, sae.feature_frequency > 0)
+    kept = {f: label for f, label in load_labels(folder).items() if label.source == "user"}
+    save_labels(folder, {**labels, **kept})
+    if factors is not None and factor_corr is not None:
+        names = best_labels(factor_corr, torch.ones(factors.n_factors, dtype=torch.bool))
+        factors.labels = [names[i].label if i in names else f"factor {i}" for i in range(factors.n_factors)]
+        save_factors(folder, factors)
+    best = {}
+    for j, (kind, name) in enumerate(CONCEPTS):
+        feature = int(feature_corr[:, j].argmax())
+        best[name] = {"kind": kind, "feature": feature, "score": round(float(feature_corr[feature, j]), 4)}
+    summary = {"block": block, "scenes": n_scenes, "steps": steps, "labelled": len(labels), "best": best}
+    (folder / "ground_truth.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paint_app.toyworld.labels", description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="SAE folders of the toy model")
+    parser.add_argument("--model", default="toy")
+    parser.add_argument("--scenes", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args(argv)
+    from sae.pipelines import load_diffusers_pipeline
+
+    torch.set_num_threads(1)
+    pipe = load_diffusers_pipeline(args.model, device="cpu")
+    for folder in args.folders:
+        summary = label_sae(pipe, folder, args.scenes, args.steps)
+        print(json.dumps({"block": summary["block"], "labelled": summary["labelled"],
+                          "best": {k: v["score"] for k, v in summary["best"].items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

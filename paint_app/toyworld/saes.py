@@ -1,0 +1,98 @@
+"""Make the toy model's SAEs with the ``sae`` toolkit, then label them from the ground truth.
+
+``python -m paint_app.toyworld.saes [--prompts 1000] [--work runs/toy_sae] [--out assets/toy/saes] [--overwrite]``
+
+1. captions of held-out scenes -> ``sae collect`` (every chosen block at once, the model's default steps/guidance);
+2. per block: ``sae train``, then ``sae factors`` and ``sae top-examples`` on the shipped folder;
+3. ground-truth labels (``paint_app.toyworld.labels``) for features and factors;
+4. ``paint_app.json`` lists the blocks that now carry SAEs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from sae.cli import main as sae_main
+
+from .labels import label_sae
+from .world import prompts
+
+ROOT = Path(__file__).resolve().parents[2]
+SAE_SEED_BASE = 40_000_000
+# block: (features, k, role)
+BLOCKS = {
+    "down_blocks.0.attentions.0": (256, 8, "fine, early (16x16)"),
+    "up_blocks.0.attentions.1": (512, 16, "coarse, late (8x8)"),
+    "up_blocks.1.attentions.0": (256, 8, "fine, late (16x16)"),
+}
+SHIPPED_FILES = ("config.json", "sae.safetensors")
+
+
+def run_sae(*argv: str) -> None:
+    print("+ sae " + " ".join(argv), flush=True)
+    code = sae_main(list(argv))
+    if code:
+        raise SystemExit(f"saes: error: `sae {' '.join(argv)}` exited with {code}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paint_app.toyworld.saes", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="toy")
+    parser.add_argument("--prompts", type=int, default=1000)
+    parser.add_argument("--blocks", nargs="*", default=list(BLOCKS), choices=list(BLOCKS))
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "toy_sae")
+    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "toy" / "saes")
+    parser.add_argument("--label-scenes", type=int, default=300)
+    parser.add_argument("--n-factors", type=int, default=24)
+    parser.add_argument("--overwrite", action="store_true", help="replace SAEs already in --out")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    existing = [b for b in args.blocks if (args.out / b / "sae.safetensors").exists()]
+    if existing and not args.overwrite:
+        print(f"saes: error: {args.out} already holds SAEs for {', '.join(existing)}; pass --overwrite",
+              file=sys.stderr)
+        return 2
+    args.work.mkdir(parents=True, exist_ok=True)
+    prompt_file = args.work / "prompts.txt"
+    prompt_file.write_text("\n".join(prompts(args.prompts, SAE_SEED_BASE)) + "\n")
+    acts = args.work / "acts"
+    block_flags = [flag for block in args.blocks for flag in ("--block", block)]
+    run_sae("collect", "--model", args.model, *block_flags, "--prompts", str(prompt_file), "--out", str(acts),
+            "--batch-size", "16", "--device", "cpu", "--overwrite")
+    from sae.pipelines import load_diffusers_pipeline
+
+    pipe = load_diffusers_pipeline(args.model, device="cpu")
+    for block in args.blocks:
+        features, k, _ = BLOCKS[block]
+        trained = args.work / "saes" / block
+        run_sae("train", "--acts", str(acts), "--block", block, "--out", str(trained), "--features", str(features),
+                "--k", str(k), "--batch-size", "1024", "--overwrite")
+        folder = args.out / block
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name in SHIPPED_FILES:
+            shutil.copy2(trained / name, folder / name)
+        run_sae("factors", "--sae", str(folder), "--acts", str(acts), "--n", str(args.n_factors), "--device", "cpu")
+        run_sae("top-examples", "--sae", str(folder), "--acts", str(acts), "--per-feature", "4", "--device", "cpu")
+        summary = label_sae(pipe, folder, args.label_scenes)
+        print(json.dumps({"block": block, "labelled": summary["labelled"],
+                          "best": {k: v["score"] for k, v in summary["best"].items()}}), flush=True)
+    write_blocks(args.out.parent / "paint_app.json", args.blocks)
+    return 0
+
+
+def write_blocks(defaults_file: Path, blocks: list[str]) -> None:
+    """The model's profile lists exactly the blocks that carry SAEs."""
+    defaults = json.loads(defaults_file.read_text()) if defaults_file.exists() else {}
+    defaults["blocks"] = {block: BLOCKS[block][2] for block in blocks}
+    defaults_file.write_text(json.dumps(defaults, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

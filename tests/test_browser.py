@@ -1,0 +1,255 @@
+"""The page in a real browser: Debian's chromium driven by Playwright, against the app served on tiny-random-sd.
+
+One page walks through the main flow in order (open, generate, paint, inspect, palette, move, sessions, a broken
+upload); a second test paints from two browser contexts at once. Screenshots land in test-output/screenshots/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from paint_app.session import Session
+
+pytestmark = pytest.mark.browser
+
+WAIT_MS = 60_000
+BLOCK = "down_blocks.0.attentions.0"
+MID = "mid_block.attentions.0"
+
+
+def open_page(browser, url: str):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    page.wait_for_selector("#output img")
+    page.wait_for_function("() => document.querySelector('#layer-info')?.innerText.includes('thing')")
+    return page
+
+
+def output_src(page) -> str:
+    return page.locator("#output img").get_attribute("src")
+
+
+def wait_new_output(page, old_src: str) -> str:
+    page.wait_for_function("old => { const i = document.querySelector('#output img'); return i && i.src !== old; }",
+                           arg=old_src)
+    return output_src(page)
+
+
+def shown_image(page, size: int = 64) -> np.ndarray:
+    """The pixels of the displayed image at the image's own size: the page shows it enlarged by a whole factor
+    (nearest neighbour), which this checks before undoing it."""
+    body = page.request.get(output_src(page)).body()
+    shown = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+    scale = shown.shape[1] // size
+    native = shown[::scale, ::scale]
+    assert np.array_equal(np.repeat(np.repeat(native, scale, axis=0), scale, axis=1), shown)
+    return native
+
+
+def canvas_point(page, fx: float, fy: float) -> tuple[float, float]:
+    """A point of the canvas's picture, (fx, fy) as fractions of its width and height (the picture is the
+    centred square the editor fits into its drawing area)."""
+    drawing = page.locator("#canvas canvas").first
+    drawing.scroll_into_view_if_needed()
+    box = drawing.bounding_box()
+    side = min(box["width"], box["height"]) * 0.9
+    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
+    return left + fx * side, top + fy * side
+
+
+def stroke(page, start: tuple[float, float], end: tuple[float, float], steps: int = 12) -> None:
+    """Paint with real mouse events: press, drag in small moves, release."""
+    x0, y0 = canvas_point(page, *start)
+    x1, y1 = canvas_point(page, *end)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for i in range(1, steps + 1):
+        page.mouse.move(x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps)
+    page.mouse.up()
+
+
+def click_image(page, fx: float, fy: float) -> None:
+    image = page.locator("#output img")
+    image.scroll_into_view_if_needed()
+    box = image.bounding_box()
+    side = min(box["width"], box["height"])
+    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
+    page.mouse.click(left + fx * side, top + fy * side)
+
+
+def pick_row(page, block: str, label: str) -> None:
+    """Click the label cell of the palette row of ``block`` labelled ``label``."""
+    row = page.locator("#palette-table [role=row]", has_text=block).filter(has_text=label).first
+    row.locator("[role=gridcell]", has_text=label).first.click()
+
+
+def wait_text(page, selector: str, text: str) -> None:
+    page.wait_for_function("([s, t]) => document.querySelector(s)?.innerText.includes(t)", arg=[selector, text])
+
+
+def download_session(page, folder, name: str) -> Session:
+    path = folder / name
+    with page.expect_download() as download:
+        page.click("#download")
+    download.value.save_as(path)
+    return path
+
+
+def upload(page, selector: str, path) -> None:
+    """Upload a file the way a person does: click the drop zone, pick the file in the chooser."""
+    with page.expect_file_chooser() as chooser:
+        page.locator(f"{selector} button.upload-container").click()
+    chooser.value.set_files(str(path))
+
+
+def toast_text(page) -> str:
+    page.wait_for_selector(".toast-body")
+    return " ".join(page.locator(".toast-body").all_inner_texts())
+
+
+@pytest.fixture(scope="module")
+def page(chromium, app_server):
+    page = open_page(chromium, app_server.url)
+    yield page
+    page.context.close()
+
+
+def test_open_and_generate(page, screenshots):
+    assert page.locator("h1").inner_text().endswith("tiny-random-sd")
+    page.screenshot(path=screenshots / "01-opened.png", full_page=True)
+    before = shown_image(page)
+    old = output_src(page)
+    page.fill("#prompt textarea", "a blue square on sand")
+    page.fill("#seed input", "7")
+    page.click("#generate")
+    wait_new_output(page, old)
+    assert np.abs(shown_image(page).astype(int) - before).max() > 0
+    page.screenshot(path=screenshots / "02-generated.png", full_page=True)
+
+
+def test_a_stroke_changes_the_image(page, screenshots):
+    before = shown_image(page)
+    old = output_src(page)
+    stroke(page, (0.15, 0.3), (0.45, 0.8))
+    wait_new_output(page, old)
+    wait_text(page, "#timing", "Repainted in")
+    assert np.abs(shown_image(page).astype(int) - before).max() > 0
+    assert "nothing painted" not in page.locator("#layer-info").inner_text()
+    page.screenshot(path=screenshots / "03-painted.png", full_page=True)
+
+
+def test_clicking_the_image_lists_features(page, screenshots):
+    page.get_by_role("tab", name="Inspector").click()
+    click_image(page, 0.25, 0.55)
+    wait_text(page, "#inspect-info", "strongest features")
+    table = page.locator("#inspect-table").inner_text()
+    assert BLOCK in table and "red thing" in table
+    page.locator("#inspect-table [role=gridcell]", has_text="red thing").first.click()
+    wait_text(page, "#inspect-info", "Heatmap of")
+    page.wait_for_selector("#heat img")
+    page.screenshot(path=screenshots / "04-inspector.png", full_page=True)
+
+
+def test_palette_search_and_pick(page, screenshots):
+    page.get_by_role("tab", name="Palette").click()
+    page.fill("#palette-search textarea", "zebra")
+    page.press("#palette-search textarea", "Enter")
+    assert "No features label holds all of the words 'zebra'" in toast_text(page)
+    page.fill("#palette-search textarea", "blue")
+    page.press("#palette-search textarea", "Enter")
+    wait_text(page, "#status", "2 features found")
+    old = output_src(page)
+    pick_row(page, MID, "blue thing")
+    wait_text(page, "#layer-info", "blue thing")
+    assert MID in page.locator("#layer-info").inner_text()
+    wait_new_output(page, old)  # the painted layer now paints the new concept
+    page.wait_for_selector("#preview img")
+    page.screenshot(path=screenshots / "05-palette.png", full_page=True)
+
+
+def test_move_a_layer(page, screenshots):
+    old = output_src(page)
+    page.fill("#move-step input", "8")
+    page.click("#move-right")
+    wait_text(page, "#layer-info", "offset (8, 0)")
+    wait_new_output(page, old)
+    page.screenshot(path=screenshots / "06-moved.png", full_page=True)
+
+
+def test_downloaded_session_renders_to_the_shown_pixels(page, tmp_path):
+    path = download_session(page, tmp_path, "session.json")
+    session = Session.from_json(path.read_text())
+    assert session.layers[0].offset == (8, 0) and session.layers[0].block == MID and session.seed == 7
+    out = tmp_path / "render.png"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "paint_app.cli", "render", str(path), "--out", str(out),
+                           "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rendered = np.asarray(Image.open(out).convert("RGB"))
+    assert np.array_equal(rendered, shown_image(page))
+
+
+def test_a_broken_session_warns_and_the_page_keeps_working(page, screenshots, tmp_path):
+    before = output_src(page)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": 1, "width": 64, "height": 64, "steps": 4, "layers": [{"block": 3}]')
+    upload(page, "#session-upload", broken)
+    assert "not valid JSON" in toast_text(page)
+    wait_text(page, "#status", "kept")
+    page.screenshot(path=screenshots / "07-broken-session.png", full_page=True)
+    assert output_src(page) == before
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text(json.dumps({"version": 1, "model": "tiny-random-sd", "width": 64, "height": 64, "steps": 4,
+                                   "layers": [{"block": MID, "feature": 1, "strength": 1e9,
+                                               "mask": {"rects": [[0, 0, 8, 8]]}}]}))
+    upload(page, "#session-upload", invalid)
+    wait_text(page, "#status", "strength is 1000000000")
+    stroke(page, (0.6, 0.1), (0.9, 0.2))  # still paints
+    wait_new_output(page, before)
+
+
+def test_two_contexts_paint_at_once_and_get_their_own_images(chromium, app_server, tmp_path, screenshots):
+    T0 = time.time()
+    first, second = open_page(chromium, app_server.url), open_page(chromium, app_server.url)
+    print("opened", time.time() - T0)
+    try:
+        second.get_by_role("tab", name="Palette").click()
+        second.fill("#palette-search textarea", "blue")
+        second.press("#palette-search textarea", "Enter")
+        pick_row(second, MID, "blue thing")
+        wait_text(second, "#layer-info", "blue thing")
+        print("picked", time.time() - T0)
+        olds = output_src(first), output_src(second)
+        stroke(first, (0.1, 0.1), (0.5, 0.9))
+        stroke(second, (0.5, 0.1), (0.9, 0.9))
+        for page, old in zip((first, second), olds):
+            wait_new_output(page, old)
+            wait_text(page, "#timing", "Repainted in")
+        print("repainted", time.time() - T0)
+        time.sleep(0.5)  # let a stroke's last repaint (latest wins) settle before reading the sessions
+        images = []
+        for name, page in (("a", first), ("b", second)):
+            session = Session.from_json(download_session(page, tmp_path, f"{name}.json").read_text())
+            assert len(session.layers) == 1
+            images.append(shown_image(page))
+            assert np.array_equal(np.asarray(app_server.app.engine.generate(session).convert("RGB")), images[-1])
+            (first_layer,) = session.layers
+            expected = (BLOCK, 0) if name == "a" else (MID, 1)
+            assert (first_layer.block, first_layer.feature) == expected
+            page.screenshot(path=screenshots / f"08-tab-{name}.png", full_page=True)
+        print("checked", time.time() - T0)
+        assert not np.array_equal(images[0], images[1])
+    finally:
+        first.context.close()
+        second.context.close()

@@ -1,0 +1,201 @@
+"""The toy world and the shipped toy model: generator, ground truth, loading, drift, judges, painting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from paint_app.toyworld.judges import Judges, evaluate
+from paint_app.toyworld.train import TOY_REFERENCE, load_checkpoint, save_checkpoint
+from paint_app.toyworld.train import main as train_main
+from paint_app.toyworld.world import (
+    BACKGROUNDS,
+    COLOURS,
+    PATTERN_SHADE,
+    SHAPES,
+    TEXTURES,
+    caption,
+    render,
+    scene_for_seed,
+    texture_pattern,
+    vocabulary,
+)
+from sae.pipelines import TOY_DIR
+from sae.tokenizer import make_word_tokenizer
+
+# ----------------------------------------------------------------------------------------------------------------
+# The world.
+
+
+def test_scene_generator_is_deterministic():
+    for seed in (0, 7, 123456):
+        a, b = scene_for_seed(seed), scene_for_seed(seed)
+        assert a == b
+        ra, rb = render(a), render(b)
+        assert np.array_equal(ra.image, rb.image) and np.array_equal(ra.object_id, rb.object_id)
+    assert scene_for_seed(1) != scene_for_seed(2)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_ground_truth_maps_agree_with_the_image(seed):
+    scene = scene_for_seed(seed)
+    r = render(scene)
+    on_object = r.object_id > 0
+    for plane in (r.shape, r.colour, r.texture):
+        assert np.array_equal(plane > 0, on_object)
+    assert np.array_equal(r.background > 0, ~on_object)
+    assert (r.background[~on_object] == 1 + list(BACKGROUNDS).index(scene.background)).all()
+    for i, obj in enumerate(scene.objects):
+        visible = r.object_id == i + 1
+        assert (r.shape[visible] == 1 + SHAPES.index(obj.shape)).all()
+        assert (r.texture[visible] == 1 + TEXTURES.index(obj.texture)).all()
+        colour = np.array(COLOURS[obj.colour], np.float32)
+        pattern = texture_pattern(obj.texture)
+        expected = np.where(pattern[..., None], np.round(colour * PATTERN_SHADE), colour)
+        assert np.abs(r.image[visible].astype(np.float32) - expected[visible]).max() <= 1
+    base = np.array(BACKGROUNDS[scene.background][0], np.float32)
+    assert np.abs(r.image[~on_object].astype(np.float32).mean(0) - base).max() < 15
+
+
+def test_the_last_object_drawn_is_on_top():
+    for seed in range(200):
+        scene = scene_for_seed(seed, n_objects=3)
+        r = render(scene)
+        from paint_app.toyworld.world import shape_mask
+
+        last = scene.objects[-1]
+        assert (r.object_id[shape_mask(last.shape, last.cx, last.cy, last.radius)] == 3).all()
+
+
+def test_captions_follow_the_grammar_and_are_single_tokens():
+    tokenizer = make_word_tokenizer(vocabulary())
+    known = tokenizer.get_vocab()
+    scene = scene_for_seed(3, n_objects=2, colour="red", shape="circle", texture="striped", cell=0)
+    assert caption(scene, form="plain") == "a red circle"
+    full = caption(scene, form="full")
+    assert full.startswith("a red striped circle at the top left and a ") and full.endswith(f"on {scene.background}")
+    for seed in range(300):
+        text = caption(scene_for_seed(seed), np.random.default_rng(seed))
+        assert all(word + "</w>" in known for word in text.split()), text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The shipped model.
+
+
+@pytest.fixture(scope="module")
+def toy(request):
+    torch.set_num_threads(1)
+    from paint_app.models import load_model
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("TRANSFORMERS_OFFLINE", "1")
+    request.addfinalizer(mp.undo)
+    return load_model("toy", device="cpu")
+
+
+def test_toy_loads_by_name_offline_in_fp32_with_its_profile(toy):
+    defaults = json.loads((TOY_DIR / "paint_app.json").read_text())
+    assert toy.dtype == torch.float32 and toy.device.type == "cpu"
+    assert type(toy.pipeline).__name__ == "StableDiffusionPipeline"
+    assert (toy.profile.width, toy.profile.height, toy.profile.steps) == (64, 64, defaults["steps"])
+    assert {b.name for b in toy.profile.blocks} == set(defaults["blocks"])
+    assert any(b.grid == (16, 16) for b in toy.profile.blocks)
+    weights = sum(f.stat().st_size for f in TOY_DIR.rglob("*.safetensors") if "saes" not in f.parts)
+    assert weights <= 25 * 2**20
+
+
+def test_generation_matches_the_stored_reference(toy):
+    from paint_app.engine import Engine
+    from paint_app.session import Session
+
+    reference = json.loads((TOY_DIR / "reference.json").read_text())
+    session = Session(model="toy", prompt=reference["prompt"], seed=reference["seed"], steps=reference["steps"],
+                      guidance=reference["guidance"], width=64, height=64)
+    image = np.asarray(Engine(toy).generate(session).convert("RGB"), np.float32)
+    stored = np.asarray(Image.open(TOY_DIR / TOY_REFERENCE).convert("RGB"), np.float32)
+    difference = np.abs(image - stored)
+    assert difference.max() <= 4 and difference.mean() <= 0.5, (difference.max(), difference.mean())
+
+
+def test_unknown_words_still_generate_and_are_reported(toy):
+    from paint_app.engine import Engine
+    from paint_app.session import Session
+
+    engine = Engine(toy)
+    assert engine.prompt_report("a red zebra circle")["unknown_words"] == ["zebra"]
+    assert engine.prompt_report("a red circle on grass")["unknown_words"] == []
+    image = engine.generate(Session(model="toy", prompt="a red zebra circle", steps=2, guidance=0.0))
+    assert image.size == (64, 64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Judges.
+
+
+def test_judges_are_accurate_on_fresh_ground_truth_renders():
+    judges = Judges.load()
+    accuracy = evaluate(judges, range(60_000_000, 60_000_090), np.random.default_rng(0))
+    assert accuracy["objects"] >= 100
+    for kind in ("colour", "shape", "texture"):
+        assert accuracy[kind] >= 0.95, accuracy
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Painting on real trained weights.
+
+
+def test_painting_red_on_the_left_half_of_a_blue_square(toy):
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.engine import Engine
+    from paint_app.session import Layer, Mask, Session
+
+    concepts = ConceptLibrary.load([], toy.profile)
+    summary = json.loads((TOY_DIR / "paintbench.json").read_text())["summary"]
+    block = max(summary, key=lambda row: row["colour"] or 0)["block"]
+    entry = concepts.blocks[block]
+    red = max((label.score, f) for f, label in entry.labels.items() if label.label == "red")[1]
+    engine = Engine(toy, concepts)
+    judges = Judges.load()
+    left = np.zeros((64, 64), bool)
+    left[:, :32] = True
+    session = Session(model="toy", prompt="a blue square", seed=3, steps=toy.profile.steps,
+                      guidance=toy.profile.guidance)
+    before = np.asarray(engine.generate(session).convert("RGB"))
+    assert judges.colour(before, left)[0] != "red"
+    session.layers = [Layer(block=block, mask=Mask(rects=[[0, 0, 32, 64]]), feature=red)]
+    after = np.asarray(engine.generate(session).convert("RGB"))
+    assert judges.colour(after, left)[0] == "red"
+    assert judges.colour(after, ~left)[0] != "red"
+    assert judges.colour(after, ~left)[1] < 0.1  # hardly a red pixel on the right
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training script.
+
+
+def test_training_refuses_to_overwrite_a_finished_model(tmp_path, capsys):
+    (tmp_path / "model_index.json").write_text("{}")
+    assert train_main(["--out", str(tmp_path), "--work", str(tmp_path / "work")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
+def test_checkpoints_round_trip_modules_and_optimizer(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path / "ckpt.safetensors", {"m": model}, optimizer, 7)
+    other = torch.nn.Linear(3, 2)
+    other_opt = torch.optim.AdamW(other.parameters(), lr=0.1)
+    assert load_checkpoint(tmp_path / "ckpt.safetensors", {"m": other}, other_opt) == 7
+    assert torch.equal(other.weight, model.weight)
+    state, other_state = optimizer.state_dict()["state"][0], other_opt.state_dict()["state"][0]
+    assert torch.equal(state["exp_avg"], other_state["exp_avg"]) and float(other_state["step"]) == 1.0

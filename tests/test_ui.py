@@ -1,0 +1,318 @@
+"""Every handler of the page, called as Python: good input does its job, bad input warns and keeps the painting."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from paint_app import canvas
+from paint_app.session import Session
+from paint_app.ui import PaintApp, TabState, build_app
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+BLOCK = "down_blocks.0.attentions.0"
+MID = "mid_block.attentions.0"
+
+
+@pytest.fixture(scope="module")
+def app(tiny_engine, tmp_path_factory) -> PaintApp:
+    return PaintApp(tiny_engine, tmp_path_factory.mktemp("ui-sessions"))
+
+
+@pytest.fixture
+def state(app) -> TabState:
+    state = app.new_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app.start(state)
+    return state
+
+
+def stroke_value(app: PaintApp, state: TabState, box=(4, 4, 30, 60), alpha=255) -> dict:
+    """The editor's value after painting a rectangle (in image pixels) on the active layer."""
+    value = app.editor(state)
+    layer = value["layers"][0].copy()
+    scale = canvas.display_scale(*app.size(state))
+    x0, y0, x1, y1 = (v * scale for v in box)
+    layer[y0:y1, x0:x1, 3] = alpha
+    return {"background": np.asarray(value["background"]), "layers": [layer], "composite": None}
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, np.int16)
+
+
+def painted(app, state) -> dict:
+    return app.canvas_changed(state, stroke_value(app, state), True)
+
+
+def test_start_makes_an_image_a_layer_and_a_palette(app, state):
+    assert state.base is not None and state.output is state.base
+    assert len(state.layers) == 1 and state.active == 0 and state.layers[0].is_empty()
+    result = app.start(app.new_state())
+    assert result["prompt"] == "a red circle on grass" and result["width"] == 64
+    assert result["palette_table"][0][:4] == ["feature", BLOCK, 0, "red thing"]
+    assert result["editor"]["background"].size == (128, 128)
+
+
+def test_a_stroke_repaints_and_an_unchanged_canvas_does_nothing(app, state):
+    result = painted(app, state)
+    assert "Repainted in" in result["timing"] and result["download"]
+    assert np.abs(pixels(state.output) - pixels(state.base)).max() > 0
+    assert state.layers[0].mask[10, 10] == 1.0 and state.layers[0].mask[10, 40] == 0.0
+    assert app.canvas_changed(state, stroke_value(app, state), True) == {}
+    assert app.canvas_changed(state, {"background": None, "layers": [], "composite": None}, True) == {}
+    saved = Session.from_json(open(result["download"]).read())
+    assert np.array_equal(pixels(app.engine.generate(saved)), pixels(state.output))
+
+
+def test_apply_on_button_keeps_strokes_until_apply(app, state):
+    result = app.canvas_changed(state, stroke_value(app, state), False)
+    assert "output" not in result and state.output is state.base and not state.layers[0].is_empty()
+    applied = app.apply(state)
+    assert np.abs(pixels(applied["output"]) - pixels(state.base)).max() > 0
+
+
+def test_an_empty_mask_is_said_and_not_regenerated(app, state):
+    with pytest.warns(UserWarning, match="Nothing is painted"):
+        result = app.apply(state)
+    assert "output" not in result
+    painted(app, state)
+    empty = stroke_value(app, state, alpha=0)
+    empty["layers"][0][..., 3] = 0
+    with pytest.warns(UserWarning, match="nothing painted now"):
+        result = app.canvas_changed(state, empty, True)
+    assert result["output"] is state.base and result["timing"].startswith("Plain image")
+
+
+def test_painting_without_a_layer_warns(app, state):
+    stroke = stroke_value(app, state)
+    state.layers.clear()
+    state.active = -1
+    with pytest.warns(UserWarning, match="no layer to paint on"):
+        result = app.canvas_changed(state, stroke, True)
+    assert "output" not in result
+
+
+def test_generate_validates_and_keeps_the_painting_on_bad_input(app, state):
+    painted(app, state)
+    before = state.output
+    with pytest.warns(UserWarning, match="width is 65"):
+        result = app.generate(state, "a red circle", "", 1, 4, 0, 65, 64)
+    assert set(result) == {"status"} and state.output is before
+    with pytest.warns(UserWarning, match="seed is 'x'"):
+        app.generate(state, "a red circle", "", "x", 4, 0, 64, 64)
+    result = app.generate(state, "a blue square on sand", "", 7, 3, 0, 64, 64)
+    assert state.settings.seed == 7 and state.settings.steps == 3 and result["prompt_notes"] == ""
+    assert np.abs(pixels(state.output) - pixels(state.base)).max() > 0  # the layer still acts
+
+
+def test_generate_points_out_unknown_words_and_truncation(app, state):
+    with pytest.warns(UserWarning, match="does not know.*zebra"):
+        result = app.generate(state, "a zebra on grass", "", 0, 4, 0, 64, 64)
+    assert "zebra" in result["prompt_notes"]
+    with pytest.warns(UserWarning, match="truncated"):
+        result = app.generate(state, " ".join(["red"] * 100), "", 0, 4, 0, 64, 64)
+    assert "output" in result
+
+
+def test_a_new_size_resizes_the_layers(app, state):
+    painted(app, state)
+    app.generate(state, "a red circle", "", 0, 4, 0, 128, 64)
+    assert state.layers[0].mask.shape == (64, 128) and state.output.size == (128, 64)
+
+
+def test_layer_settings_validate_and_repaint(app, state):
+    painted(app, state)
+    first = state.output
+    with pytest.warns(UserWarning, match="strength is 1000; allowed: a number from -100 to 100"):
+        result = app.set_strength(state, 1000, True)
+    assert result["strength"] == 4.0 and state.layers[0].strength == 4.0 and state.output is first
+    result = app.set_strength(state, 9, True)
+    assert state.layers[0].strength == 9 and np.abs(pixels(result["output"]) - pixels(first)).max() > 0
+    assert app.set_strength(state, 9, True) == {}
+    with pytest.warns(UserWarning, match="mode is 'paint'"):
+        app.set_mode(state, "paint", True)
+    app.set_mode(state, "erase", True)
+    assert state.layers[0].mode == "erase"
+    with pytest.warns(UserWarning, match="step range is \\[3, 2\\]"):
+        app.set_step_range(state, 3, 2, True)
+    app.set_step_range(state, 1, 3, True)
+    assert state.layers[0].step_range == (1, 3)
+    app.set_step_range(state, None, None, True)
+    assert state.layers[0].step_range is None
+    result = app.set_enabled(state, False, True)
+    assert result["output"] is state.base
+
+
+def test_layers_add_select_delete_clear(app, state):
+    painted(app, state)
+    app.pick_concept(state, ["feature", MID, 1, "blue thing", ""], True)
+    assert state.layers[0].block == MID and state.layers[0].name == "blue thing"
+    app.add_layer(state)
+    assert len(state.layers) == 2 and state.active == 1 and state.layers[1].concept == {"feature": 1}
+    assert state.layers[1].name == "blue thing (2)"
+    result = app.select_layer(state, 0)
+    assert result["layer_select"]["value"] == 0 and canvas.alpha_to_mask(result["editor"]["layers"][0], 64, 64).any()
+    with pytest.warns(UserWarning, match="layer is 5"):
+        app.select_layer(state, 5)
+    result = app.clear_layer(state, True)
+    assert result["output"] is state.base and state.layers[0].is_empty()
+    with pytest.warns(UserWarning, match="nothing to clear"):
+        app.clear_layer(state, True)
+    app.delete_layer(state, True)
+    assert len(state.layers) == 1 and state.active == 0
+    app.delete_layer(state, True)
+    with pytest.warns(UserWarning, match="no layer to delete"):
+        app.delete_layer(state, True)
+
+
+def test_moving_a_region_stores_an_offset(app, state):
+    with pytest.warns(UserWarning, match="no region to move"):
+        app.nudge(state, "right", 4, True)
+    painted(app, state)
+    before = state.output
+    result = app.nudge(state, "right", 8, True)
+    assert state.layers[0].offset == (8, 0) and "offset (8, 0)" in result["layer_info"]
+    assert np.abs(pixels(result["output"]) - pixels(before)).max() > 0
+    assert Session.from_json(open(result["download"]).read()).layers[0].offset == (8, 0)
+    with pytest.warns(UserWarning, match="move step is 0"):
+        app.nudge(state, "up", 0, True)
+    app.click_image(state, 50, 10, "move", True)
+    assert state.layers[0].offset == (50 - 17, 10 - 32)
+    app.reset_offset(state, True)
+    assert state.layers[0].offset == (0, 0)
+
+
+def test_mask_upload_adapts_odd_pictures_and_refuses_non_images(app, state, tmp_path):
+    picture = tmp_path / "mask.jpg"
+    Image.new("CMYK", (100, 80), (0, 0, 0, 0)).save(picture)
+    with pytest.warns(UserWarning, match="100x80; resized"):
+        result = app.upload_mask(state, str(picture), True)
+    assert state.layers[0].mask.shape == (64, 64) and state.layers[0].mask.min() > 0.9
+    assert "output" in result
+    broken = tmp_path / "mask.png"
+    broken.write_text("not a picture")
+    with pytest.warns(UserWarning, match="not a readable image"):
+        result = app.upload_mask(state, str(broken), True)
+    assert state.layers[0].mask.min() > 0.9 and set(result) == {"status"}
+
+
+def test_palette_search_pick_and_preview(app, state):
+    result = app.search(state, "blue", "all blocks", "features")
+    assert {row[1] for row in result["palette_table"]} == {BLOCK, MID}
+    assert all(row[3] == "blue thing" for row in result["palette_table"])
+    with pytest.warns(UserWarning, match="No features label holds all of the words 'zebra'.*red thing"):
+        result = app.search(state, "zebra", "all blocks", "features")
+    assert result["palette_table"] == []
+    with pytest.warns(UserWarning, match="block is 'nowhere'"):
+        app.search(state, "", "nowhere", "features")
+    assert len(app.search(state, "", MID, "factors")["palette_table"]) == 3
+    painted(app, state)
+    result = app.pick_concept(state, ["factor", MID, 2, "factor 2", ""], True)
+    assert state.layers[0].concept == {"factor": 2} and "output" in result
+    preview = app.preview(state)
+    assert preview["preview"].width > 128 and preview["examples"] and "factor 2" in preview["palette_info"]
+    with pytest.warns(UserWarning, match="palette row"):
+        app.pick_concept(state, ["feature", BLOCK, "x"], True)
+
+
+def test_inspector_lists_features_shows_heat_and_makes_a_layer(app, state):
+    painted(app, state)
+    result = app.click_image(state, 10, 30, "inspect", True)
+    assert result["inspect_table"][0][:2] == [BLOCK, 0] and result["inspect_table"][0][2] == "red thing"
+    assert result["factor_table"]
+    heat = app.show_heat(state, result["inspect_table"][0])
+    assert heat["heat"].size[0] >= 128 and "red thing" in heat["inspect_info"]
+    made = app.layer_from_selected(state, "erase", True)
+    assert len(state.layers) == 2 and state.layers[1].mode == "erase" and state.layers[1].mask[:, :20].mean() > 0.3
+    assert "output" in made
+    with pytest.warns(UserWarning, match="inside the image"):
+        app.inspect(state, 99, 3)
+    with pytest.warns(UserWarning, match="inspector row"):
+        app.show_heat(state, ["x"])
+
+
+def test_factor_weights_are_edited_and_saved_as_a_concept(app, state):
+    key = app.factor_choices()[0][1]
+    rows = app.pick_factor(state, key)["factor_weights"]
+    assert rows and all(0 < row[2] <= 1 for row in rows)
+    with pytest.warns(UserWarning, match="weights row 1: weight is -1"):
+        app.save_factor(state, key, [[rows[0][0], "", -1]], "mine")
+    with pytest.warns(UserWarning, match="concept name"):
+        app.save_factor(state, key, rows, "")
+    with pytest.warns(UserWarning, match="factor is 'nope'"):
+        app.pick_factor(state, "nope")
+    edited = [[rows[0][0], "", 2.0], [rows[1][0], "", 0]]
+    app.save_factor(state, key, edited, "my mix")
+    assert state.custom == [{"name": "my mix", "block": BLOCK, "features": {rows[0][0]: 2.0}}]
+    listed = app.search(state, "mix", "all blocks", "mine")["palette_table"]
+    assert listed == [["mine", BLOCK, 0, "my mix", ""]]
+    app.pick_concept(state, listed[0], True)
+    assert state.layers[0].concept == {"features": {rows[0][0]: 2.0}}
+
+
+def test_sessions_round_trip_and_bad_files_change_nothing(app, state, tmp_path):
+    painted(app, state)
+    app.nudge(state, "down", 4, True)
+    saved = app.session_file(state)
+    other = app.new_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app.start(other)
+    result = app.load_session_file(other, saved)
+    assert np.array_equal(pixels(other.output), pixels(state.output))
+    assert other.layers[0].offset == (0, 4) and result["prompt"] == state.settings.prompt
+    before = other.output
+    cases = {"text.json": "this is not json", "bad.json": json.dumps({"version": 1, "width": 63, "height": 64,
+                                                                       "steps": 4}),
+             "model.json": json.dumps({"version": 1, "model": "toy", "width": 64, "height": 64, "steps": 4}),
+             "block.json": json.dumps({"version": 1, "model": "tiny-random-sd", "width": 64, "height": 64,
+                                       "steps": 4, "layers": [{"block": "up_blocks.1.attentions.0", "feature": 1,
+                                                               "mask": {"rects": [[0, 0, 8, 8]]}}]})}
+    expected = {"text.json": "not valid JSON", "bad.json": "width is 63", "model.json": "this app runs",
+                "block.json": "no SAE is loaded"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.warns(UserWarning, match=expected[name]):
+            result = app.load_session_file(other, str(tmp_path / name))
+        assert set(result) == {"status"} and "kept" in result["status"] and other.output is before
+
+
+def test_tabs_never_share_layers(app):
+    first, second = app.new_state(), app.new_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app.start(first)
+        app.start(second)
+    app.pick_concept(second, ["feature", MID, 1, "blue thing", ""], True)
+    painted(app, first)
+    assert second.layers[0].is_empty() and second.output is second.base
+    assert first.layers[0].block == BLOCK and second.layers[0].block == MID
+    assert first.tab_id != second.tab_id and app.session_file(first) != app.session_file(second)
+
+
+def test_dice_and_build_app(app, tiny_engine):
+    seeds = {app.dice()["seed"] for _ in range(5)}
+    assert len(seeds) > 1 and all(0 <= s < 2**31 for s in seeds)
+    blocks = build_app(tiny_engine)
+    assert isinstance(blocks, gr.Blocks) and isinstance(blocks.paint_app, PaintApp)
+    ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
+    assert {"canvas", "output", "palette-table", "inspect-table", "download", "session-upload"} <= ids
+
+
+def test_unexpected_errors_become_warnings_not_crashes():
+    from paint_app.ui import _guarded
+
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    with pytest.warns(UserWarning, match="Something went wrong \\(RuntimeError: boom\\)"):
+        result = _guarded(broken)
+    assert "kept" in result["status"]
