@@ -116,7 +116,7 @@ class Recorder:
 
 
 def serve(engine):
-    from paint_app.ui import CSS, PaintApp, build_app
+    from paint_app.ui import LAUNCH_OPTIONS, PaintApp, build_app
 
     original_init = PaintApp.__init__
     holder = {}
@@ -135,7 +135,7 @@ def serve(engine):
         port = probe.getsockname()[1]
     blocks.queue()
     _, url, _ = blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                              css=CSS)
+                              **LAUNCH_OPTIONS)
     return blocks, url, holder["recorder"]
 
 

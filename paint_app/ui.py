@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PROMPT = "a red circle on grass"
 DEFAULT_STRENGTH = 4.0
 PALETTE_LIMIT = 200
+EDITOR_HEIGHT = 300  # CSS pixels: the browser redraws the canvas in software on small machines
 OUTPUT_TARGET = 320  # the shown image is enlarged to at least this many pixels along its longer side
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 ACTIVE_COLOR = "#ff2d95"
@@ -62,6 +63,8 @@ CSS = """
 #output img, #heat img, #preview img, #examples img { image-rendering: pixelated; }
 #status { min-height: 1.5em; }
 """
+# Run history would re-export the canvas after every stroke to keep a browser copy of each run: costly, unneeded.
+LAUNCH_OPTIONS = {"css": CSS, "run_history": False}
 
 
 @dataclass
@@ -137,10 +140,13 @@ class PaintApp:
         """The SAE paths a session names, so ``paint-app render`` finds them; none for the model's own SAEs."""
         sae_dir = self.profile.sae_dir
         sources = [entry.source for _, entry in sorted(self.engine.concepts.blocks.items())]
-        if sae_dir is not None and all(Path(s).resolve().is_relative_to(Path(sae_dir).resolve()) for s in sources
-                                       if "://" not in s and "=" not in s):
-            return []
-        return sources
+
+        def shipped(source: str) -> bool:
+            if sae_dir is None or "://" in source or "=" in source:
+                return False
+            return Path(source).resolve().is_relative_to(Path(sae_dir).resolve())
+
+        return [] if all(shipped(source) for source in sources) else sources
 
     def size(self, state: TabState) -> tuple[int, int]:
         settings = state.settings or self.default_settings()
@@ -788,6 +794,9 @@ class PaintApp:
             notes.warn(f"Uploaded session not loaded: {exc}. The canvas, layers and image are kept.")
             return {"status": notes.text()}
         self.prompt_notes(session.prompt, notes)
+        if session.saes and session.saes != self.sae_sources():
+            notes.info(f"The session names the SAEs {', '.join(session.saes)}; this app paints with its own "
+                       f"({', '.join(self.sae_sources()) or 'those shipped with the model'}).")
         settings = replace(session, layers=[], saes=[])
         layers = []
         for layer in session.layers:
@@ -905,7 +914,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
                 C["editor"] = gr.ImageEditor(
                     label="Canvas: paint the active layer (brush opacity = mask strength)", elem_id="canvas",
                     type="numpy", image_mode="RGBA", format="png", layers=False, transforms=(), sources=(),
-                    canvas_size=size, fixed_canvas=False, buttons=[],
+                    canvas_size=size, fixed_canvas=False, buttons=[], height=EDITOR_HEIGHT,
                     brush=gr.Brush(default_size=max(4, size[0] // 24), color_mode="fixed",
                                    colors=[(ACTIVE_COLOR, level) for level in BRUSH_LEVELS]),
                     eraser=gr.Eraser(default_size=max(4, size[0] // 24)))
@@ -1137,9 +1146,10 @@ def serve(model: str = "toy", sae_paths: list[str] | None = None, device: str = 
     engine = load_engine(model, list(sae_paths or []), device)
     demo = build_app(engine)
     try:
-        demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, share=share, css=CSS)
+        demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, share=share,
+                                                       **LAUNCH_OPTIONS)
     finally:
         shutil.rmtree(demo.paint_app.workdir, ignore_errors=True)
 
 
-__all__ = ["CSS", "PaintApp", "TabState", "build_app", "serve"]
+__all__ = ["CSS", "LAUNCH_OPTIONS", "PaintApp", "TabState", "build_app", "serve"]

@@ -81,11 +81,11 @@ class Server:
 @pytest.fixture(scope="module")
 def app_server(tiny_engine, one_torch_thread, tmp_path_factory):
     """The painting app on tiny-random-sd, served on 127.0.0.1 at a free port from a background thread."""
-    from paint_app.ui import CSS, build_app
+    from paint_app.ui import LAUNCH_OPTIONS, build_app
 
     blocks = build_app(tiny_engine, workdir=tmp_path_factory.mktemp("app-sessions"))
     blocks.queue()
     _, url, _ = blocks.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                              quiet=True, css=CSS)
+                              quiet=True, **LAUNCH_OPTIONS)
     yield Server(url, blocks, blocks.paint_app)
     blocks.close()

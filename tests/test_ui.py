@@ -316,3 +316,13 @@ def test_unexpected_errors_become_warnings_not_crashes():
     with pytest.warns(UserWarning, match="Something went wrong \\(RuntimeError: boom\\)"):
         result = _guarded(broken)
     assert "kept" in result["status"]
+
+
+def test_sessions_name_saes_unless_they_ship_with_the_model(app, tiny_sae_paths):
+    from dataclasses import replace
+    from pathlib import Path
+
+    assert app.sae_sources() == sorted(tiny_sae_paths)
+    shipped = PaintApp(app.engine, app.workdir)
+    shipped.profile = replace(app.profile, sae_dir=Path(tiny_sae_paths[0]).parent)
+    assert shipped.sae_sources() == []

@@ -65,10 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vae-steps", type=int, default=800)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--scenes", type=int, default=16_000, help="training scenes (encoded once)")
-    parser.add_argument("--unet-steps", type=int, default=1400)
+    parser.add_argument("--unet-steps", type=int, default=2400)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--high-noise-from", type=int, default=0,
+                        help="UNet step from which timesteps lean to high noise (the shipped run: 1700)")
     return parser.parse_args(argv)
 
 
@@ -193,12 +195,22 @@ def encode_scenes(args: argparse.Namespace, vae: torch.nn.Module, device: torch.
 # Stage 3: UNet + text encoder.
 
 
-def training_timesteps(rng: np.random.Generator, n: int, default_steps: int) -> torch.Tensor:
-    """Half uniform over [0, 1000), half on the trailing timesteps the default few-step sampler visits."""
-    visited = np.round(np.arange(1000, 0, -1000 / default_steps)).astype(int) - 1
-    uniform = rng.integers(0, 1000, n)
+def training_timesteps(rng: np.random.Generator, n: int, default_steps: int, high_noise: bool = True) -> torch.Tensor:
+    """Half on the trailing timesteps the default few-step sampler visits, half spread over [0, 1000).
+
+    With ``high_noise`` both halves lean to high noise, where the caption decides the layout, shape and colour
+    (without it the model learns colours and backgrounds but leaves layout and shape to the noise).
+    """
+    visited = np.round(np.arange(1000, 0, -1000 / default_steps)).astype(int) - 1  # high noise first
+    if high_noise:
+        weights = np.linspace(2.0, 0.5, len(visited))
+        on_grid = rng.choice(visited, n, p=weights / weights.sum())
+        spread = np.floor(1000 * (1 - (1 - rng.random(n)) ** 2)).astype(int)  # density rising with t
+    else:
+        on_grid = rng.choice(visited, n)
+        spread = rng.integers(0, 1000, n)
     pick = rng.random(n) < 0.5
-    return torch.from_numpy(np.where(pick, rng.choice(visited, n), uniform)).long()
+    return torch.from_numpy(np.where(pick, on_grid, spread)).long()
 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -241,7 +253,7 @@ def train_unet(args: argparse.Namespace, latents: torch.Tensor, scaling: float, 
             captions.append("" if rng.random() < 0.1 else caption(scene, rng))
         x0 = latents[torch.from_numpy(index)].to(device) * scaling
         noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32)).to(device)
-        t = training_timesteps(rng, args.batch, DEFAULTS["steps"]).to(device)
+        t = training_timesteps(rng, args.batch, DEFAULTS["steps"], high_noise=step >= args.high_noise_from).to(device)
         noisy = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t)
         context = text_encoder(tokenize(tokenizer, captions).to(device))[0]
@@ -324,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     vae.register_to_config(scaling_factor=scaling)
     tokenizer, unet, text_encoder = train_unet(args, latents, scaling, device)
     info = {"seed": args.seed, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "scenes": args.scenes,
-            "unet_steps": args.unet_steps, "batch": args.batch, "lr": args.lr, "scaling_factor": scaling,
+            "unet_steps": args.unet_steps, "high_noise_from": args.high_noise_from, "batch": args.batch, "lr": args.lr, "scaling_factor": scaling,
             "device": str(device), "threads": args.threads,
             "wall_seconds_last_run": round(time.perf_counter() - started, 1)}
     if is_finished(args.out) and not args.overwrite:  # it may have appeared while we trained
