@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="toy")
     parser.add_argument("--k", type=int, default=10, help="held-out scenes per concept")
     parser.add_argument("--strength", type=float, default=1.0, help="layer strength (the session default is 1.0)")
+    parser.add_argument("--step-range", type=int, nargs=2, metavar=("START", "END"),
+                        help="paint only on denoising steps [START, END) (default: every step)")
     parser.add_argument("--blocks", nargs="*", help="only these blocks (default: every block with an SAE)")
     parser.add_argument("--concepts", nargs="*", help="only these concepts")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if not concepts.blocks:
         print(f"paintbench: error: model {args.model!r} has no SAEs in {loaded.profile.sae_dir}", file=sys.stderr)
         return 2
-    bench = Bench(Engine(loaded, concepts), Judges.load(), args.strength, args.k)
+    step_range = tuple(args.step_range) if args.step_range else None
+    bench = Bench(Engine(loaded, concepts), Judges.load(), args.strength, args.k, step_range)
     start = time.perf_counter()
     results = []
     for block in args.blocks or sorted(concepts.blocks):
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     rows = summary(results)
     header = (f"PaintBench (toy), model {args.model}, K={args.k} scenes per concept, strength {args.strength}, "
-              f"{loaded.profile.steps} steps, guidance {loaded.profile.guidance}; {seconds:.0f} s on {loaded.device}")
+              f"step range {list(step_range) if step_range else 'all'}, {loaded.profile.steps} steps, "
+              f"guidance {loaded.profile.guidance}; {seconds:.0f} s on {loaded.device}")
     text = f"{header}\n\n{table(results)}\n\nSummary (best feature per concept, mean over concepts):\n\n" \
            f"{summary_table(rows)}\n"
     print("\n" + text)

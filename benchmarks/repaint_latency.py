@@ -52,8 +52,8 @@ async (old) => {
 """
 
 
-def random_saes(folder: Path) -> list[str]:
-    """Random SAEs with labels and factors for the tiny pipeline (the toy model ships its own)."""
+def random_saes(folder: Path, blocks: list[tuple[str, int]]) -> list[str]:
+    """Random SAEs with labels and factors on (block, channels): the cost of a repaint depends on their shapes only."""
     import torch
 
     from sae.factors import Factors, save_factors
@@ -61,7 +61,7 @@ def random_saes(folder: Path) -> list[str]:
     from sae.model import SAE, SAEConfig
 
     paths = []
-    for block, channels in (("down_blocks.0.attentions.0", 32), ("mid_block.attentions.0", 64)):
+    for block, channels in blocks:
         generator = torch.Generator().manual_seed(0)
         sae = SAE(SAEConfig(d_in=channels, n_features=64, k=4, block=block))
         sae.reset_parameters(generator)
@@ -75,16 +75,25 @@ def random_saes(folder: Path) -> list[str]:
 
 def load(model: str, sae_paths: list[str], device: str, scratch: Path):
     from paint_app.cli import load_engine
+    from paint_app.concepts import ConceptLibrary
     from paint_app.errors import PaintError
 
+    notes = []
     try:
-        return load_engine(model, sae_paths, device), None
+        engine = load_engine(model, sae_paths, device)
     except PaintError as exc:
         if model != "toy":
             raise
-        note = (f"NOTE: model 'toy' is not available ({exc}); measured on {FALLBACK} with random SAEs instead. "
-                "Rerun once assets/toy exists for the figures the issue asks for.")
-        return load_engine(FALLBACK, sae_paths or random_saes(scratch), device), note
+        notes.append(f"NOTE: model 'toy' is not available ({exc}); measured on {FALLBACK} instead. Rerun once "
+                     "assets/toy exists for the figures the issue asks for.")
+        engine = load_engine(FALLBACK, sae_paths, device)
+    if not engine.concepts.blocks:
+        profile = engine.model.profile
+        blocks = [(b.name, b.channels) for b in profile.blocks[:2]]
+        engine.concepts = ConceptLibrary.load(random_saes(scratch, blocks), profile, device=engine.model.device)
+        notes.append(f"NOTE: model {engine.model.name!r} has no SAEs; painting with random SAEs (64 features) on "
+                     f"{', '.join(name for name, _ in blocks)}.")
+    return engine, "\n".join(notes) or None
 
 
 class Recorder:

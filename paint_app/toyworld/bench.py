@@ -103,8 +103,10 @@ def leakage(base: np.ndarray, painted: np.ndarray, mask: np.ndarray) -> float:
 
 
 class Bench:
-    def __init__(self, engine: Engine, judges: Judges, strength: float, k: int) -> None:
+    def __init__(self, engine: Engine, judges: Judges, strength: float, k: int,
+                 step_range: tuple[int, int] | None = None) -> None:
         self.engine = engine
+        self.step_range = step_range
         self.judges = judges
         self.strength = strength
         self.k = k
@@ -142,7 +144,8 @@ class Bench:
             for name, spec in (("feature", {"feature": feature}), ("factor", {"factor": factor})):
                 if spec[name] is None:
                     continue
-                layer = Layer(block=block, mask=Mask(rects=[rect]), strength=self.strength, **spec)
+                layer = Layer(block=block, mask=Mask(rects=[rect]), strength=self.strength, step_range=self.step_range,
+                              **spec)
                 painted = self.image(prompt, seed, [layer])
                 hits[name].append(self.judged(kind, painted, mask) == concept)
                 leaks[name].append(leakage(base, painted, mask))
@@ -170,7 +173,8 @@ class Bench:
             rows, cols = np.nonzero(region)
             rect = [int(cols.min()) // 4 * 4, int(rows.min()) // 4 * 4, -(-(int(cols.max()) + 1) // 4) * 4,
                     -(-(int(rows.max()) + 1) // 4) * 4]
-            layer = Layer(block=block, mask=Mask(rects=[rect]), feature=feature, mode="erase")
+            layer = Layer(block=block, mask=Mask(rects=[rect]), feature=feature, mode="erase",
+                          step_range=self.step_range)
             painted = self.image(prompt, seed, [layer])
             removed.append(self.judged(kind, painted, rect_mask(rect)) != concept)
         return (float(np.mean(removed)) if removed else None), len(removed)

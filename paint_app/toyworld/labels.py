@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae.factors import load_factors, save_factors
+from sae.factors import Factors, load_factors, save_factors
 from sae.hooks import block_input, block_output, forward_hooks, site_value
 from sae.labels import Label, load_labels, save_labels
 from sae.model import SAE
@@ -84,14 +84,16 @@ class Correlator:
 @torch.no_grad()
 def ground_truth_correlations(pipe, sae: SAE, block: str, n_scenes: int = 300, steps: int = 8,
                               batch_size: int = 32, factor_weights: torch.Tensor | None = None
-                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Correlations [n_features, n_concepts] (and [n_factors, n_concepts] with factor weights)."""
+                              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Correlations [n_features, n_concepts] (and [n_factors, n_concepts] with factor weights), and each
+    concept's mean site value where it is minus where it is not [n_concepts, d_in]."""
     module = get_block(pipe.unet, block)
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps.clone()
     scale = pipe.vae.config.scaling_factor
     features = Correlator(sae.n_features, len(CONCEPTS))
+    means = ConceptMeans(sae.d_in, len(CONCEPTS))
     factors = Correlator(factor_weights.shape[0], len(CONCEPTS)) if factor_weights is not None else None
     captured: list[torch.Tensor] = []
 
@@ -117,9 +119,49 @@ def ground_truth_correlations(pipe, sae: SAE, block: str, n_scenes: int = 300, s
                 c = maps.permute(0, 2, 3, 1).reshape(-1, len(CONCEPTS))
                 z = sae.encode(value.to(sae.W_dec.dtype)).reshape(-1, sae.n_features).float()
                 features.update(z, c)
+                means.update(value.reshape(-1, sae.d_in), c)
                 if factors is not None:
                     factors.update(z @ factor_weights.T, c)
-    return features.correlation(), (factors.correlation() if factors is not None else None)
+    return features.correlation(), (factors.correlation() if factors is not None else None), means.difference()
+
+
+class ConceptMeans:
+    """Running means of the site value where each concept is (weighted by its cover) and where it is not."""
+
+    def __init__(self, d_in: int, n_concepts: int) -> None:
+        self.inside = torch.zeros(n_concepts, d_in, dtype=torch.float64)
+        self.outside = torch.zeros(n_concepts, d_in, dtype=torch.float64)
+        self.weight_in = torch.zeros(n_concepts, 1, dtype=torch.float64)
+        self.weight_out = torch.zeros(n_concepts, 1, dtype=torch.float64)
+
+    def update(self, x: torch.Tensor, c: torch.Tensor) -> None:
+        x, c = x.double(), c.double()
+        self.inside += c.T @ x
+        self.outside += (1 - c).T @ x
+        self.weight_in += c.sum(0)[:, None]
+        self.weight_out += (1 - c).sum(0)[:, None]
+
+    def difference(self) -> torch.Tensor:
+        return (self.inside / self.weight_in.clamp_min(1e-9) - self.outside / self.weight_out.clamp_min(1e-9)).float()
+
+
+def concept_factors(sae: SAE, differences: torch.Tensor, max_features: int = 8) -> torch.Tensor:
+    """One non-negative mix of features per concept whose painted direction, sum_f w_f sigma_f d_f, best matches
+    the concept's mean difference (NNLS on the strongest-aligned features); rows scaled so at strength 1 the mix
+    adds that difference. Returns [n_concepts, n_features]."""
+    from scipy.optimize import nnls
+
+    with torch.no_grad():
+        atoms = (sae.W_dec * sae.feature_mean[:, None]).double()  # [n, d]
+        alive = sae.feature_frequency > 0
+        rows = torch.zeros(differences.shape[0], sae.n_features, dtype=torch.float64)
+        for j, target in enumerate(differences.double()):
+            cosine = (atoms @ target) / (atoms.norm(dim=1) * target.norm()).clamp_min(1e-12)
+            cosine[~alive] = -1
+            chosen = torch.argsort(cosine, descending=True)[:max_features]
+            weights, _ = nnls(atoms[chosen].T.numpy(), target.numpy())
+            rows[j, chosen] = torch.from_numpy(weights)
+    return rows.float()
 
 
 def best_labels(correlation: torch.Tensor, active: torch.Tensor) -> dict[int, Label]:
@@ -133,24 +175,39 @@ def best_labels(correlation: torch.Tensor, active: torch.Tensor) -> dict[int, La
 
 
 def label_sae(pipe, folder: Path, n_scenes: int = 300, steps: int = 8) -> dict:
-    """Write ground-truth labels (and factor labels) for the SAE in ``folder``; returns a summary."""
+    """Write ground-truth labels for the SAE in ``folder`` and label its factors; returns a summary.
+
+    Factors made by ``sae factors`` get the label of the concept their summed activation matches best, with
+    `` (nmf)`` appended; one factor per concept fitted from the ground truth (``concept_factors``) is appended,
+    labelled with the concept's name. A previous run's fitted factors are replaced.
+    """
     sae = SAE.from_pretrained(folder)
     sae.eval()
     block = sae.config.block
     factors = load_factors(folder)
-    feature_corr, factor_corr = ground_truth_correlations(
+    if factors is not None:  # drop fitted rows from an earlier labelling
+        kept = [i for i, label in enumerate(factors.labels) if label not in CONCEPT_KIND]
+        factors = Factors(factors.weights[kept], [factors.labels[i] for i in kept]) if kept else None
+    feature_corr, factor_corr, differences = ground_truth_correlations(
         pipe, sae, block, n_scenes, steps, factor_weights=factors.weights if factors is not None else None)
     labels = best_labels(feature_corr, sae.feature_frequency > 0)
-    kept = {f: label for f, label in load_labels(folder).items() if label.source == "user"}
-    save_labels(folder, {**labels, **kept})
+    kept_labels = {f: label for f, label in load_labels(folder).items() if label.source == "user"}
+    save_labels(folder, {**labels, **kept_labels})
+    weights, names = [], []
     if factors is not None and factor_corr is not None:
-        names = best_labels(factor_corr, torch.ones(factors.n_factors, dtype=torch.bool))
-        factors.labels = [names[i].label if i in names else f"factor {i}" for i in range(factors.n_factors)]
-        save_factors(folder, factors)
+        found = best_labels(factor_corr, torch.ones(factors.n_factors, dtype=torch.bool))
+        weights.append(factors.weights)
+        names += [f"{found[i].label} (nmf)" if i in found else f"factor {i}" for i in range(factors.n_factors)]
+    fitted = concept_factors(sae, differences)
+    scale = fitted.max(1, keepdim=True).values.clamp_min(1e-9)
+    weights.append(fitted / scale)
+    names += [name for _, name in CONCEPTS]
+    save_factors(folder, Factors(torch.cat(weights), names))
     best = {}
     for j, (kind, name) in enumerate(CONCEPTS):
         feature = int(feature_corr[:, j].argmax())
-        best[name] = {"kind": kind, "feature": feature, "score": round(float(feature_corr[feature, j]), 4)}
+        best[name] = {"kind": kind, "feature": feature, "score": round(float(feature_corr[feature, j]), 4),
+                      "fitted_factor_strength_for_mean_difference": round(float(scale[j]), 3)}
     summary = {"block": block, "scenes": n_scenes, "steps": steps, "labelled": len(labels), "best": best}
     (folder / "ground_truth.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
