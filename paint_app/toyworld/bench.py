@@ -200,14 +200,20 @@ def table(results: list[Result]) -> str:
 
 
 def summary(results: list[Result]) -> list[dict]:
+    """Per block: mean success per kind (best feature, and best factor as ``<kind>_factor``), leakage, removal."""
     rows = []
     for block in sorted({r.block for r in results}):
-        row = {"block": block}
+        row: dict = {"block": block}
+        mine = [r for r in results if r.block == block]
         for kind in PAINTED_KINDS:
-            mine = [r for r in results if r.block == block and r.kind == kind and r.feature is not None]
-            row[kind] = float(np.mean([r.success_feature for r in mine])) if mine else None
-        mine = [r for r in results if r.block == block and r.feature is not None]
-        row["leakage"] = float(np.mean([r.leakage_feature for r in mine])) if mine else None
+            features = [r.success_feature for r in mine if r.kind == kind and r.feature is not None]
+            factors = [r.success_factor for r in mine if r.kind == kind and r.success_factor is not None]
+            row[kind] = float(np.mean(features)) if features else None
+            row[f"{kind}_factor"] = float(np.mean(factors)) if factors else None
+        leaks = [r.leakage_feature for r in mine if r.feature is not None]
+        factor_leaks = [r.leakage_factor for r in mine if r.leakage_factor is not None]
+        row["leakage"] = float(np.mean(leaks)) if leaks else None
+        row["leakage_factor"] = float(np.mean(factor_leaks)) if factor_leaks else None
         removals = [r.removal for r in mine if r.removal is not None]
         row["removal"] = float(np.mean(removals)) if removals else None
         rows.append(row)
@@ -215,8 +221,11 @@ def summary(results: list[Result]) -> list[dict]:
 
 
 def summary_table(rows: list[dict]) -> str:
-    lines = ["| block | colour success | texture success | shape success | leakage | removal |", "|" + "---|" * 6]
+    lines = ["| block | painted with | colour success | texture success | shape success | leakage | removal (erase) |",
+             "|" + "---|" * 7]
     for row in rows:
-        lines.append(f"| {row['block']} | {fmt(row['colour'])} | {fmt(row['texture'])} | {fmt(row['shape'])} | "
-                     f"{fmt(row['leakage'])} | {fmt(row['removal'])} |")
+        lines.append(f"| {row['block']} | best feature | {fmt(row['colour'])} | {fmt(row['texture'])} | "
+                     f"{fmt(row['shape'])} | {fmt(row['leakage'])} | {fmt(row['removal'])} |")
+        lines.append(f"| {row['block']} | best factor | {fmt(row['colour_factor'])} | {fmt(row['texture_factor'])} | "
+                     f"{fmt(row['shape_factor'])} | {fmt(row['leakage_factor'])} | - |")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     from paint_app.models import load_model
 
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     guidance = loaded.profile.guidance if args.guidance is None else args.guidance
     result = adherence(loaded.pipeline, Judges.load(), args.n, steps, guidance)
     print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -86,7 +86,7 @@ def ground_truth_correlations(pipe, sae: SAE, block: str, n_scenes: int = 300, s
                               batch_size: int = 32, factor_weights: torch.Tensor | None = None
                               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Correlations [n_features, n_concepts] (and [n_factors, n_concepts] with factor weights), and each
-    concept's mean site value where it is minus where it is not [n_concepts, d_in]."""
+    concept's mean site value where it is minus where the other concepts of its kind are [n_concepts, d_in]."""
     module = get_block(pipe.unet, block)
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps)
@@ -126,26 +126,29 @@ def ground_truth_correlations(pipe, sae: SAE, block: str, n_scenes: int = 300, s
 
 
 class ConceptMeans:
-    """Running means of the site value where each concept is (weighted by its cover) and where it is not."""
+    """Running means of the site value where each concept is and where the other concepts of its kind are
+    (other colours for a colour, other backgrounds for a background), each weighted by its cover."""
 
     def __init__(self, d_in: int, n_concepts: int) -> None:
-        self.inside = torch.zeros(n_concepts, d_in, dtype=torch.float64)
-        self.outside = torch.zeros(n_concepts, d_in, dtype=torch.float64)
-        self.weight_in = torch.zeros(n_concepts, 1, dtype=torch.float64)
-        self.weight_out = torch.zeros(n_concepts, 1, dtype=torch.float64)
+        kinds = [kind for kind, _ in CONCEPTS]
+        same = torch.tensor([[float(a == b) for b in kinds] for a in kinds], dtype=torch.float64)
+        self.others = same - torch.eye(n_concepts, dtype=torch.float64)  # [J, J]: the same kind, not itself
+        self.sums = torch.zeros(n_concepts, d_in, dtype=torch.float64)
+        self.weights = torch.zeros(n_concepts, 1, dtype=torch.float64)
 
     def update(self, x: torch.Tensor, c: torch.Tensor) -> None:
-        x, c = x.double(), c.double()
-        self.inside += c.T @ x
-        self.outside += (1 - c).T @ x
-        self.weight_in += c.sum(0)[:, None]
-        self.weight_out += (1 - c).sum(0)[:, None]
+        c = c.double()
+        self.sums += c.T @ x.double()
+        self.weights += c.sum(0)[:, None]
 
     def difference(self) -> torch.Tensor:
-        return (self.inside / self.weight_in.clamp_min(1e-9) - self.outside / self.weight_out.clamp_min(1e-9)).float()
+        """[J, d_in]: mean where the concept is minus the mean where the others of its kind are."""
+        inside = self.sums / self.weights.clamp_min(1e-9)
+        outside = (self.others @ self.sums) / (self.others @ self.weights).clamp_min(1e-9)
+        return (inside - outside).float()
 
 
-def concept_factors(sae: SAE, differences: torch.Tensor, max_features: int = 8) -> torch.Tensor:
+def concept_factors(sae: SAE, differences: torch.Tensor, max_features: int = 16) -> torch.Tensor:
     """One non-negative mix of features per concept whose painted direction, sum_f w_f sigma_f d_f, best matches
     the concept's mean difference (NNLS on the strongest-aligned features); rows scaled so at strength 1 the mix
     adds that difference. Returns [n_concepts, n_features]."""
