@@ -194,8 +194,10 @@ def table(results: list[Result]) -> str:
     for r in results:
         feature = "-" if r.feature is None else f"{r.feature} ({r.feature_score:.2f})"
         removal = "-" if r.removal is None else f"{fmt(r.removal)} of {r.n_erase}"
-        lines.append(f"| {r.block} | {r.concept} | {feature} | {fmt(r.success_feature)} | {fmt(r.success_factor)} | "
-                     f"{fmt(r.base_rate)} | {fmt(r.leakage_feature)} | {fmt(r.leakage_factor)} | {removal} |")
+        has_feature = r.feature is not None
+        lines.append(f"| {r.block} | {r.concept} | {feature} | {fmt(r.success_feature if has_feature else None)} | "
+                     f"{fmt(r.success_factor)} | {fmt(r.base_rate)} | {fmt(r.leakage_feature if has_feature else None)} | "
+                     f"{fmt(r.leakage_factor)} | {removal} |")
     return "\n".join(lines)
 
 
@@ -216,6 +218,9 @@ def summary(results: list[Result]) -> list[dict]:
         row["leakage_factor"] = float(np.mean(factor_leaks)) if factor_leaks else None
         removals = [r.removal for r in mine if r.removal is not None]
         row["removal"] = float(np.mean(removals)) if removals else None
+        for kind in PAINTED_KINDS:
+            bases = [r.base_rate for r in mine if r.kind == kind]
+            row[f"{kind}_base"] = float(np.mean(bases)) if bases else None
         rows.append(row)
     return rows
 
@@ -228,4 +233,6 @@ def summary_table(rows: list[dict]) -> str:
                      f"{fmt(row['shape'])} | {fmt(row['leakage'])} | {fmt(row['removal'])} |")
         lines.append(f"| {row['block']} | best factor | {fmt(row['colour_factor'])} | {fmt(row['texture_factor'])} | "
                      f"{fmt(row['shape_factor'])} | {fmt(row['leakage_factor'])} | - |")
+        lines.append(f"| {row['block']} | nothing (base rate) | {fmt(row['colour_base'])} | {fmt(row['texture_base'])} | "
+                     f"{fmt(row['shape_base'])} | - | - |")
     return "\n".join(lines)

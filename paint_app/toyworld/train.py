@@ -4,7 +4,8 @@ Three stages, each resumable from checkpoints in ``--work`` (safetensors + JSON,
 1. the VAE, on 32x32 crops of rendered scenes (convolutional, so crops teach it the full image);
 2. the training set: ``--scenes`` seeded scenes encoded once to latents;
 3. the UNet and text encoder together, v-prediction on a zero-terminal-SNR schedule, captions drawn afresh
-   from the grammar each time a scene is seen, 10% empty captions for classifier-free guidance, EMA weights.
+   from the grammar each time a scene is seen, 10% empty captions for classifier-free guidance, EMA weights;
+   timesteps half on those the default 8-step sampler visits, leaning to high noise from ``--high-noise-from``.
 The EMA UNet with the text encoder and VAE is saved in fp16 with ``save_pretrained`` in ``--out``.
 On a CPU shared with other work, one thread is much faster than two (no waiting on a descheduled OpenMP
 thread at every op), hence ``--threads 1``.
@@ -288,11 +289,10 @@ def save_assets(out: Path, vae, text_encoder, tokenizer, unet, info: dict) -> No
     pipe.to(torch.device("cpu"), torch.float16)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
-    defaults = dict(DEFAULTS, blocks=BLOCK_ROLES, sae_dir="saes")
-    previous = out / "paint_app.json"
-    if previous.exists():  # keep block choices made after training (the SAE stage)
-        defaults["blocks"] = json.loads(previous.read_text()).get("blocks", BLOCK_ROLES)
-    previous.write_text(json.dumps(defaults, indent=2) + "\n")
+    file = out / "paint_app.json"
+    previous = json.loads(file.read_text()) if file.exists() else {}  # keep choices made later (SAE blocks...)
+    defaults = {"blocks": BLOCK_ROLES, **previous, **DEFAULTS, "sae_dir": "saes"}
+    file.write_text(json.dumps(defaults, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     write_reference(out)
 
