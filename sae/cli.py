@@ -14,6 +14,15 @@ import sys
 from .errors import SAEError
 
 
+def print_report(report: dict, as_json: bool) -> None:
+    """One JSON object, or one ``key: value`` line per entry."""
+    if as_json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .factors import load_factors
     from .labels import load_labels
@@ -22,18 +31,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     folder = resolve_path(args.path)
     sae = SAE.from_pretrained(folder)
     frequency = sae.feature_frequency
+    factors = load_factors(folder)
     info = {
         "path": str(args.path), **sae.config.to_dict(),
         "dead_fraction": float((frequency == 0).float().mean()),
         "mean_frequency": float(frequency.mean()),
         "labels": len(load_labels(folder)),
-        "factors": (load_factors(folder).n_factors if load_factors(folder) is not None else 0),
+        "factors": factors.n_factors if factors is not None else 0,
     }
-    if args.json:
-        print(json.dumps(info))
-    else:
-        for key, value in info.items():
-            print(f"{key}: {value}")
+    print_report(info, args.json)
     return 0
 
 
@@ -92,11 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report["plot"] = str(args.plot)
     if args.model or args.prompts:
         report.update(_splice(args, sae, store))
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key}: {value}")
+    print_report(report, args.json)
     return 0
 
 
