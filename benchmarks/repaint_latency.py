@@ -104,7 +104,7 @@ class Recorder:
         self.handler: list[float] = []
         self.lock = threading.Lock()
         generate_timed = engine.generate_timed
-        canvas_changed = app.canvas_changed
+        canvas_edit = app.canvas_edit
 
         def timed_generation(session):
             result = generate_timed(session)
@@ -114,14 +114,14 @@ class Recorder:
 
         def timed_handler(*args, **kwargs):
             start = time.perf_counter()
-            result = canvas_changed(*args, **kwargs)
+            result = canvas_edit(*args, **kwargs)
             if "output" in result:
                 with self.lock:
                     self.handler.append(time.perf_counter() - start)
             return result
 
         engine.generate_timed = timed_generation
-        app.canvas_changed = timed_handler  # build_app binds handlers after this
+        app.canvas_edit = timed_handler  # build_app binds handlers after this
 
 
 def serve(engine):
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sae", action="append", default=[], metavar="PATH")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--strokes", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: what `paint-app serve` picks: half the cores)")
     args = parser.parse_args(argv)
     if args.strokes < 1:
         parser.error("--strokes must be at least 1")
@@ -181,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from playwright.sync_api import sync_playwright
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from paint_app.cli import serving_threads
+
+    torch.set_num_threads(serving_threads(args.threads))
     scratch = Path(tempfile.mkdtemp(prefix="repaint-bench-"))
     engine, note = load(args.model, args.sae, args.device, scratch)
     blocks, url, recorder = serve(engine)
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generation (pipeline call with edits): median {1000 * statistics.median(generation):.0f} ms; "
           f"{100 * gen_total / total:.0f}% of all latency")
     print(f"rest of the server handler (masks, session file, PNG): {100 * server_rest / total:.0f}%")
-    print(f"browser + transport + queue (canvas export, uploads, image download): {100 * browser_rest / total:.0f}%")
+    print(f"browser + transport + queue (mask PNG, event, queue, image download): {100 * browser_rest / total:.0f}%")
     print(f"plain generation without edits, same settings, median of 5: {1000 * statistics.median(plain):.0f} ms")
     return 0
 

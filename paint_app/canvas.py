@@ -1,7 +1,7 @@
-"""Editor layers -> soft masks at image size; session layers <-> canvas layers; moving a painted region.
+"""Canvas layers: soft masks at image size; session layers <-> canvas layers; moving a painted region.
 
-The canvas (a ``gr.ImageEditor``) shows the image enlarged by an integer ``scale`` so strokes can be precise on
-small images. A layer's alpha is its mask strength; masks are area-averaged from canvas pixels to image pixels
+The page's canvas (``web_canvas``) shows the image enlarged by an integer ``scale`` so strokes can be precise on
+small images. A stroke's opacity is its mask strength; masks are area-averaged from canvas pixels to image pixels
 here and from image pixels to each block's grid in ``steering.grid_mask``, so a thin or faint stroke gives a
 small value, not nothing. A moved region keeps its painted mask and stores the move as the layer's ``offset``.
 """
@@ -9,6 +9,7 @@ small value, not nothing. A moved region keeps its painted mask and stores the m
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,7 @@ class CanvasLayer:
     enabled: bool = True
     color: str = LAYER_COLORS[0]
     extra: dict = field(default_factory=dict)  # e.g. cond_only, carried through from a loaded session
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # names the layer in the page's edits
 
     def shown_mask(self) -> np.ndarray:
         """The mask where it acts: moved by the layer's offset."""
@@ -112,24 +114,8 @@ def alpha_to_mask(layer: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(alpha, 0.0, 1.0)
 
 
-def editor_mask(value: dict | None, width: int, height: int) -> np.ndarray | None:
-    """The painted mask of the editor's value (its layers merged by maximum); None when it holds no layer."""
-    layers = [layer for layer in (value or {}).get("layers") or [] if layer is not None]
-    if not layers:
-        return None
-    masks = [alpha_to_mask(layer, width, height) for layer in layers]
-    return np.maximum.reduce(masks) if len(masks) > 1 else masks[0]
 
 
-def mask_to_rgba(mask: np.ndarray, scale: int, color: str) -> np.ndarray:
-    """A float mask at image size -> an RGBA editor layer at canvas size (nearest upscaling, alpha = mask)."""
-    rgb = np.array(_rgb(color), np.uint8)
-    alpha = np.clip(np.rint(np.asarray(mask, np.float32) * 255.0), 0, 255).astype(np.uint8)
-    alpha = np.repeat(np.repeat(alpha, scale, axis=0), scale, axis=1)
-    out = np.empty((*alpha.shape, 4), np.uint8)
-    out[..., :3] = rgb
-    out[..., 3] = alpha
-    return out
 
 
 def canvas_background(image: Image.Image | None, scale: int, others: list[CanvasLayer],
@@ -146,31 +132,8 @@ def canvas_background(image: Image.Image | None, scale: int, others: list[Canvas
     return Image.fromarray(picture).resize((width * scale, height * scale), Image.NEAREST)
 
 
-def editor_value(image: Image.Image | None, layers: list[CanvasLayer], active: int, width: int,
-                 height: int, active_color: str | None = None) -> dict:
-    """The ``gr.ImageEditor`` value for editing layer ``active`` (drawn in ``active_color``, default its own
-    colour): the other layers are tinted into the background."""
-    scale = display_scale(width, height)
-    others = [layer for i, layer in enumerate(layers) if i != active]
-    background = canvas_background(image, scale, others, width, height)
-    shown = []
-    if 0 <= active < len(layers):
-        shown = [mask_to_rgba(layers[active].shown_mask(), scale, active_color or layers[active].color)]
-    return {"background": background, "layers": shown, "composite": None}
 
 
-def apply_edit(old_mask: np.ndarray, shown_mask: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
-    """The layer's unshifted mask after the user edited it where it is shown (moved by ``offset``).
-
-    Pixels of the painted mask that the move pushed outside the image cannot have been edited; they keep their
-    old values, so moving a region back restores it whole.
-    """
-    dx, dy = offset
-    if dx == 0 and dy == 0:
-        return shown_mask.astype(np.float32)
-    back = shift(shown_mask.astype(np.float32), (-dx, -dy))
-    visible = shift(np.ones_like(old_mask, dtype=np.float32), (-dx, -dy)) > 0
-    return np.where(visible, back, old_mask).astype(np.float32)
 
 
 def masks_differ(a: np.ndarray, b: np.ndarray) -> bool:
@@ -231,6 +194,6 @@ def _rgb(color: str) -> tuple[int, int, int]:
     return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
 
 
-__all__ = ["CanvasLayer", "LAYER_COLORS", "alpha_to_mask", "apply_edit", "canvas_background", "clamp_offset",
-           "describe_concept", "display_scale", "editor_mask", "editor_value", "empty_mask", "mask_from_image",
-           "mask_to_rgba", "masks_differ", "next_color", "nudge", "place_at", "resize_mask"]
+__all__ = ["CanvasLayer", "LAYER_COLORS", "alpha_to_mask", "canvas_background", "clamp_offset",
+           "describe_concept", "display_scale", "empty_mask", "mask_from_image",
+           "masks_differ", "next_color", "nudge", "place_at", "resize_mask"]

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=7860)
     serve.add_argument("--share", action="store_true", help="make a public gradio.live link")
+    serve.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (default 0: half the cores, at least 1, so the browser and the "
+                            "server's own threads are not starved)")
 
     render = sub.add_parser("render", help="render a session file to an image")
     render.add_argument("session", help="session JSON file")
@@ -74,11 +77,24 @@ def load_engine(model: str, sae_paths: list[str], device: str = "auto"):
     return Engine(loaded, concepts)
 
 
+def serving_threads(requested: int = 0) -> int:
+    """Torch CPU threads for the server: ``requested``, or half the cores (at least one).
+
+    Measured on a 2-core machine with the page open in the same machine's browser: with both cores, torch's
+    threads wait on each other while the browser draws, and a toy repaint took 583 ms instead of 275 ms."""
+    if requested < 0:
+        raise PaintError(f"--threads is {requested}; allowed: 0 (automatic) or a positive number")
+    return requested or max(1, (os.cpu_count() or 2) // 2)
+
+
 def _serve(args: argparse.Namespace) -> int:
     defaults = build_parser().parse_args(["serve"])
     for key, value in vars(defaults).items():
         if not hasattr(args, key):
             setattr(args, key, value)
+    import torch
+
+    torch.set_num_threads(serving_threads(args.threads))
     try:
         from .ui import serve
     except ImportError as exc:

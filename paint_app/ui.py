@@ -3,9 +3,9 @@
 Everything a tab owns (its generation settings, concept layers, images) lives in a ``TabState`` held by
 ``gr.State``, so tabs never see each other's layers. ``PaintApp`` holds the handlers; each takes the tab state and
 plain values and returns a dict of named outputs, so tests can call them without a browser. ``build_app`` wires them
-to components. The canvas edits one concept layer at a time (see ``canvas``): gradio's ImageEditor returns its
-layers as unnamed images, so the app keeps the named layer list itself and loads the active layer's mask into the
-editor, with the other layers tinted into the background.
+to components. The canvas (``web_canvas``, a small script in a ``gr.HTML``) edits one concept layer at a time: the
+app keeps the named layer list and shows the active layer's mask on the canvas, with the other layers tinted into
+the background; a stroke or a drag sends that layer's whole mask or offset back as the data of one event.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sae.errors import SAEError
 
-from . import canvas
+from . import canvas, web_canvas
 from .canvas import CanvasLayer
 from .engine import Engine
 from .errors import PaintError
@@ -50,11 +50,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PROMPT = "a red circle on grass"
 DEFAULT_STRENGTH = 4.0
 PALETTE_LIMIT = 200
-EDITOR_HEIGHT = 300  # CSS pixels: the browser redraws the canvas in software on small machines
 OUTPUT_TARGET = 320  # the shown image is enlarged to at least this many pixels along its longer side
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 ACTIVE_COLOR = "#ff2d95"
-BRUSH_LEVELS = (1.0, 0.6, 0.3)
 PALETTE_HEADERS = ["kind", "block", "id", "label", "frequency"]
 INSPECT_HEADERS = ["block", "feature", "label", "value", "x typical"]
 FACTOR_HEADERS = ["block", "factor", "label", "value"]
@@ -154,7 +152,8 @@ class PaintApp:
 
     def editor(self, state: TabState) -> dict:
         width, height = self.size(state)
-        return canvas.editor_value(state.base, state.layers, state.active, width, height, ACTIVE_COLOR)
+        hint = "" if state.active_layer() else "No layer yet: pick a concept in the palette, then paint."
+        return web_canvas.canvas_value(state.base, state.layers, state.active, width, height, ACTIVE_COLOR, hint)
 
     def panel(self, state: TabState) -> dict:
         """The layer panel: the layer list and the active layer's settings."""
@@ -309,33 +308,41 @@ class PaintApp:
 
     # -- canvas -----------------------------------------------------------------------------------------------
 
-    def canvas_changed(self, state: TabState, value: dict | None, live: bool = True) -> dict:
-        """A stroke landed (or was undone/erased): store the active layer's mask and repaint."""
+    def canvas_edit(self, state: TabState, data: Any, live: bool = True) -> dict:
+        """A stroke, an undo or a drag landed on the canvas: store the layer's new mask or offset and repaint.
+
+        The edit names its layer, so a stroke still in flight when another layer is picked lands where it was
+        painted."""
         notes = Notes()
         if state.base is None:
             return {}
         width, height = self.size(state)
         try:
-            shown = canvas.editor_mask(value, width, height)
+            edit = web_canvas.parse_edit(data, width, height)
         except PaintError as exc:
             notes.warn(f"{exc}. The layers are kept.")
             return {"status": notes.text()}
-        if shown is None:
-            return {}
-        layer = state.active_layer()
+        if (edit.width, edit.height) != (width, height):
+            notes.warn(f"The canvas showed a {edit.width}x{edit.height} image but the image is now {width}x{height}; "
+                       "that edit was dropped. Paint again.")
+            return {"status": notes.text(), "editor": self.editor(state)}
+        layer = next((layer for layer in state.layers if layer.uid == edit.layer), None)
         if layer is None:
-            if shown.any():
-                notes.warn("There is no layer to paint on: click a concept in the palette first (it becomes a "
-                           "layer), then paint.")
-                return {"status": notes.text()}
-            return {}
-        mask = canvas.apply_edit(layer.mask, shown, layer.offset)
-        if not canvas.masks_differ(mask, layer.mask):
-            return {}
-        layer.mask = mask
+            notes.warn("There is no layer to paint on: click a concept in the palette first (it becomes a "
+                       "layer), then paint." if edit.layer is None else
+                       "That layer was deleted before the edit arrived; the edit was dropped.")
+            return {"status": notes.text(), "editor": self.editor(state)}
+        if edit.kind == "move":
+            if tuple(edit.offset) == tuple(layer.offset):
+                return {}
+            layer.offset = edit.offset
+        else:
+            if not canvas.masks_differ(edit.mask, layer.mask):
+                return {}
+            layer.mask = edit.mask
+            if layer.is_empty():
+                notes.warn(f"Layer '{layer.name}' has nothing painted now, so it acts nowhere.")
         state.maps_key = None
-        if layer.is_empty():
-            notes.warn(f"Layer '{layer.name}' has nothing painted now, so it acts nowhere.")
         return self.repaint(state, notes, live)
 
     # -- layers -----------------------------------------------------------------------------------------------
@@ -888,7 +895,6 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
     """The Gradio page over ``engine``. ``gpu`` wraps the handlers that run the model (e.g. ``spaces.GPU``)."""
     app = PaintApp(engine, workdir)
     profile = engine.model.profile
-    scale = canvas.display_scale(profile.width, profile.height)
     C: dict[str, Any] = {}
     blocks = gr.Blocks(title="paint-app")
     with blocks:
@@ -910,14 +916,10 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
         C["status"] = gr.Markdown(elem_id="status")
         with gr.Row():
             with gr.Column(scale=3):
-                size = (profile.width * scale, profile.height * scale)
-                C["editor"] = gr.ImageEditor(
-                    label="Canvas: paint the active layer (brush opacity = mask strength)", elem_id="canvas",
-                    type="numpy", image_mode="RGBA", format="png", layers=False, transforms=(), sources=(),
-                    canvas_size=size, fixed_canvas=False, buttons=[], height=EDITOR_HEIGHT,
-                    brush=gr.Brush(default_size=max(4, size[0] // 24), color_mode="fixed",
-                                   colors=[(ACTIVE_COLOR, level) for level in BRUSH_LEVELS]),
-                    eraser=gr.Eraser(default_size=max(4, size[0] // 24)))
+                gr.Markdown("**Canvas**: paint the active layer (brush opacity = mask strength); "
+                            "Move drags its region.")
+                C["editor"] = gr.HTML(None, html_template=web_canvas.template(), css_template=web_canvas.style(),
+                                      js_on_load=web_canvas.script(), elem_id="canvas")
                 with gr.Row():
                     C["layer_select"] = gr.Dropdown(label="Active layer", choices=[], elem_id="layer-select",
                                                     scale=3)
@@ -992,6 +994,9 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
             C["factor_weights"] = gr.Dataframe(headers=WEIGHT_HEADERS, interactive=True, type="array",
                                                elem_id="factor-weights", label="Features and weights (edit the weights)")
 
+        def engine_call(method: Callable) -> Callable:
+            return gpu(method) if gpu is not None else method
+
         def wire(event, method, inputs: list[str], outputs: list[str], uses_engine: bool = True, **kwargs):
             call = gpu(method) if gpu is not None and uses_engine else method
 
@@ -1014,8 +1019,16 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
         for trigger in (C["generate"].click, C["prompt"].submit):
             wire(trigger, app.generate, ["state", *settings], [*view, "prompt_notes"])
         wire(C["dice"].click, lambda: app.dice(), [], ["seed"], uses_engine=False)
-        wire(C["editor"].change, _with_live(app.canvas_changed), ["state", "editor", "manual"], repaint,
-             trigger_mode="always_last", show_progress="hidden")
+        canvas_edit = engine_call(app.canvas_edit)
+        edit_outputs = [*repaint, "editor"]
+
+        def on_canvas_edit(state, manual, evt: gr.EventData):
+            return _outputs(_guarded(canvas_edit, state, evt._data, not manual), edit_outputs)
+
+        # latest edit wins: each one carries the layer's whole mask, so skipping a queued one loses nothing
+        C["editor"].input(on_canvas_edit, [C["state"], C["manual"]], [C[n] for n in edit_outputs],
+                          concurrency_id="engine", concurrency_limit=1, trigger_mode="always_last",
+                          show_progress="hidden")
         wire(C["apply"].click, app.apply, ["state"], repaint)
         wire(C["layer_select"].input, app.select_layer, ["state", "layer_select"], panel, uses_engine=False)
         wire(C["add_layer"].click, app.add_layer, ["state"], panel, uses_engine=False)
@@ -1036,9 +1049,6 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
             wire(C[f"move_{direction}"].click, _with_live(_bind(app.nudge, direction)),
                  ["state", "move_step", "manual"], changed, trigger_mode="always_last")
         wire(C["move_reset"].click, _with_live(app.reset_offset), ["state", "manual"], changed)
-
-        def engine_call(method: Callable) -> Callable:
-            return gpu(method) if gpu is not None else method
 
         click = engine_call(app.click_image)
         click_outputs = [*changed, "inspect_table", "factor_table", "inspect_info"]

@@ -31,6 +31,7 @@ def open_page(browser, url: str):
     page.goto(url)
     page.wait_for_selector("#output img")
     page.wait_for_function("() => document.querySelector('#layer-info')?.innerText.includes('thing')")
+    page.wait_for_selector("#canvas .pc-root[data-layer]:not([data-layer=''])", state="attached")
     return page
 
 
@@ -56,14 +57,11 @@ def shown_image(page, size: int = 64) -> np.ndarray:
 
 
 def canvas_point(page, fx: float, fy: float) -> tuple[float, float]:
-    """A point of the canvas's picture, (fx, fy) as fractions of its width and height (the picture is the
-    centred square the editor fits into its drawing area)."""
-    drawing = page.locator("#canvas canvas").first
+    """A point of the canvas, (fx, fy) as fractions of its width and height."""
+    drawing = page.locator("#canvas canvas.pc-view")
     drawing.scroll_into_view_if_needed()
     box = drawing.bounding_box()
-    side = min(box["width"], box["height"]) * 0.9
-    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
-    return left + fx * side, top + fy * side
+    return box["x"] + fx * box["width"], box["y"] + fy * box["height"]
 
 
 def stroke(page, start: tuple[float, float], end: tuple[float, float], steps: int = 12) -> None:
@@ -136,14 +134,23 @@ def test_open_and_generate(page, screenshots):
     page.screenshot(path=screenshots / "02-generated.png", full_page=True)
 
 
-def test_a_stroke_changes_the_image(page, screenshots):
+def test_a_stroke_changes_the_image_and_undo_takes_it_back(page, screenshots):
     before = shown_image(page)
     old = output_src(page)
     stroke(page, (0.15, 0.3), (0.45, 0.8))
-    wait_new_output(page, old)
+    old = wait_new_output(page, old)
     wait_text(page, "#timing", "Repainted in")
     assert np.abs(shown_image(page).astype(int) - before).max() > 0
     assert "nothing painted" not in page.locator("#layer-info").inner_text()
+    page.click("#canvas .pc-undo")
+    old = wait_new_output(page, old)
+    wait_text(page, "#layer-info", "nothing painted")
+    assert np.array_equal(shown_image(page), before)
+    page.click("#canvas [data-tool=eraser]")
+    page.click("#canvas [data-tool=brush]")
+    page.locator("#canvas .pc-opacity").fill("50")  # a soft brush: the mask is half strength
+    stroke(page, (0.15, 0.3), (0.45, 0.8))
+    wait_new_output(page, old)
     page.screenshot(path=screenshots / "03-painted.png", full_page=True)
 
 
@@ -178,6 +185,15 @@ def test_palette_search_and_pick(page, screenshots):
 
 def test_move_a_layer(page, screenshots):
     old = output_src(page)
+    page.click("#canvas [data-tool=move]")
+    stroke(page, (0.5, 0.5), (0.75, 0.5))  # drag the region a quarter of the canvas (16 px) right
+    wait_text(page, "#layer-info", "offset (16, 0)")
+    old = wait_new_output(page, old)
+    page.screenshot(path=screenshots / "06-dragged.png", full_page=True)
+    page.click("#canvas [data-tool=brush]")
+    page.click("#move-reset")
+    wait_text(page, "#layer-info", "offset (0, 0)")
+    old = wait_new_output(page, old)
     page.fill("#move-step input", "8")
     page.click("#move-right")
     wait_text(page, "#layer-info", "offset (8, 0)")
@@ -189,6 +205,7 @@ def test_downloaded_session_renders_to_the_shown_pixels(page, tmp_path):
     path = download_session(page, tmp_path, "session.json")
     session = Session.from_json(path.read_text())
     assert session.layers[0].offset == (8, 0) and session.layers[0].block == MID and session.seed == 7
+    assert 0.45 < session.layers[0].mask_array(64, 64).max() < 0.55  # painted at 50% opacity
     out = tmp_path / "render.png"
     # `paint-app render` itself (its console-script entry point), in this process to save the start-up time of
     # another Python: it loads its own pipeline and the SAEs the session names, sharing nothing with the server.

@@ -1,15 +1,18 @@
-"""Editor layers -> masks, masks -> editor layers, moving regions, uploaded mask pictures, session round trips."""
+"""Canvas masks <-> the page's PNGs, canvas values, moving regions, uploaded mask pictures, session round trips."""
 
 from __future__ import annotations
+
+import base64
+import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from paint_app import canvas
+from paint_app import canvas, web_canvas
 from paint_app.canvas import CanvasLayer
 from paint_app.errors import PaintError
-from paint_app.session import Layer, Mask, Session, shift
+from paint_app.session import Layer, Mask, Session
 
 
 def square_mask(width=64, height=64, box=(10, 20, 30, 40), value=1.0) -> np.ndarray:
@@ -30,55 +33,42 @@ def test_alpha_is_area_averaged_to_image_size():
     assert mask[20, 20] == 0
 
 
-def test_editor_layer_round_trip_is_exact_and_masks_compare_with_tolerance():
+def test_canvas_mask_round_trip_is_exact_and_masks_compare_with_tolerance():
+    """Server mask -> canvas value (PNG at image size, shown enlarged) -> the page's PNG at canvas size -> mask."""
     mask = square_mask(value=0.6)
-    rgba = canvas.mask_to_rgba(mask, 2, "#ff2d95")
-    assert rgba.shape == (128, 128, 4) and tuple(rgba[40, 20, :3]) == (255, 45, 149)
-    back = canvas.alpha_to_mask(rgba, 64, 64)
+    layer = CanvasLayer("a", "b", {"feature": 1}, mask)
+    value = web_canvas.canvas_value(None, [layer], 0, 64, 64, "#ff2d95")
+    assert value["layer"] == layer.uid and value["scale"] == 2
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(value["mask"].split(",", 1)[1]))))
+    enlarged = np.repeat(np.repeat(shown, 2, axis=0), 2, axis=1)
+    page_png = web_canvas.png_data_url(Image.fromarray(np.stack([enlarged] * 3, axis=-1)))
+    back = web_canvas.decode_mask(page_png, 64, 64)
     assert not canvas.masks_differ(back, mask)
     moved = back.copy()
     moved[0, 0] = 0.1
     assert canvas.masks_differ(moved, mask)
-
-
-def test_editor_mask_merges_layers_and_reports_none_without_layers():
-    first = np.zeros((64, 64, 4), np.uint8)
-    second = np.zeros((64, 64, 4), np.uint8)
-    first[0:4, 0:4, 3] = 100
-    second[0:2, 0:2, 3] = 200
-    mask = canvas.editor_mask({"background": None, "layers": [first, second], "composite": None}, 64, 64)
-    assert mask[0, 0] == pytest.approx(200 / 255) and mask[3, 3] == pytest.approx(100 / 255)
-    assert canvas.editor_mask({"background": None, "layers": [], "composite": None}, 64, 64) is None
-    assert canvas.editor_mask(None, 64, 64) is None
     with pytest.raises(PaintError, match="shape"):
         canvas.alpha_to_mask(np.zeros((2, 2, 2, 2)), 64, 64)
 
 
-def test_editor_value_shows_active_layer_moved_and_tints_the_others():
+def test_canvas_value_shows_the_active_layer_unshifted_and_tints_the_others():
     base = Image.new("RGB", (64, 64), (0, 0, 0))
     active = CanvasLayer("a", "b", {"feature": 1}, square_mask(), offset=(5, 0), color="#00ff00")
     other = CanvasLayer("o", "b", {"feature": 2}, square_mask(box=(40, 40, 50, 50)), color="#ff0000")
-    value = canvas.editor_value(base, [active, other], 0, 64, 64, "#ff2d95")
-    scale = canvas.display_scale(64, 64)
-    assert value["background"].size == (64 * scale, 64 * scale)
-    shown = canvas.alpha_to_mask(value["layers"][0], 64, 64)
-    assert shown[25, 15 + 5] == 1.0 and shown[25, 10] == 0.0  # moved right by 5
-    background = np.asarray(value["background"])
-    assert background[45 * scale, 45 * scale, 0] > 100  # the other layer tinted red
+    value = web_canvas.canvas_value(base, [active, other], 0, 64, 64, "#ff2d95")
+    assert value["offset"] == [5, 0] and value["color"] == "#ff2d95"
+    mask = web_canvas.decode_mask(value["mask"], 64, 64)
+    assert np.array_equal(mask, square_mask())  # the page moves it by the offset itself
+    background = np.asarray(Image.open(io.BytesIO(base64.b64decode(value["background"].split(",", 1)[1]))))
+    assert background[45, 45, 0] > 100  # the other layer tinted red
     assert background[5, 5].sum() == 0
+    empty = web_canvas.canvas_value(base, [], -1, 64, 64, "#ff2d95", hint="pick a concept")
+    assert empty["layer"] is None and empty["mask"] is None and empty["hint"] == "pick a concept"
 
 
-def test_apply_edit_keeps_the_part_moved_out_of_the_image():
-    old = square_mask(box=(50, 10, 64, 20))  # touches the right edge
-    offset = (10, 0)  # columns 54..63 are pushed out of the image
-    shown = shift(old, offset)
-    shown[10:20, 0:5] = 0.5  # a new stroke at the left edge, inside the visible region of the moved frame
-    new = canvas.apply_edit(old, shown, offset)
-    assert np.array_equal(new[:, 54:], old[:, 54:])  # out of view: kept
-    assert new[15, 0] == 0.0  # x=0 maps to x=-10 of the painted frame: outside, nothing
-    back = shift(new, offset)
-    assert np.allclose(back[10:20, 60:64], 1.0)
-    assert np.array_equal(canvas.apply_edit(old, shown, (0, 0)), shown)
+def test_the_page_script_and_template_ship_with_the_package():
+    assert "trigger(\"input\"" in web_canvas.script() and "pc-view" in web_canvas.template()
+    assert ".pc-view" in web_canvas.style()
 
 
 def test_place_at_moves_the_centre_of_mass_and_nudge_clamps():

@@ -102,3 +102,24 @@ def test_sae_info(sae_path, capsys):
     assert (info["d_in"], info["n_features"], info["block"], info["labels"], info["factors"]) == (32, 64, BLOCK, 3, 3)
     assert sae_main(["info", str(sae_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_serve_threads_default_to_half_the_cores_and_refuse_negatives(monkeypatch, capsys):
+    from paint_app import ui
+    from paint_app.cli import serving_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert serving_threads() == 1 and serving_threads(3) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert serving_threads() == 8
+    served = {}
+    monkeypatch.setattr(ui, "serve", lambda **kwargs: served.update(kwargs))
+    assert paint_app_main(["serve", "--threads", "-1"]) == 2
+    assert "--threads is -1; allowed: 0 (automatic) or a positive number" in capsys.readouterr().err
+    assert not served
+    before = torch.get_num_threads()
+    try:
+        assert paint_app_main(["serve", "--model", "tiny-random-sd", "--threads", "1", "--port", "7999"]) == 0
+        assert torch.get_num_threads() == 1 and served["model"] == "tiny-random-sd" and served["port"] == 7999
+    finally:
+        torch.set_num_threads(before)

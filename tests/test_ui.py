@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import warnings
 
@@ -10,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paint_app import canvas
 from paint_app.session import Session
 from paint_app.ui import PaintApp, TabState, build_app
 
@@ -34,14 +35,30 @@ def state(app) -> TabState:
     return state
 
 
+def canvas_mask(value: dict) -> np.ndarray:
+    """The active layer's mask as the canvas shows it, at canvas resolution (uint8, nearest upscaling)."""
+    scale, width, height = value["scale"], value["width"], value["height"]
+    if value["mask"] is None:
+        return np.zeros((height * scale, width * scale), np.uint8)
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(value["mask"].split(",", 1)[1]))))
+    return np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
+
+
+def data_url(grey: np.ndarray) -> str:
+    """A PNG data URL as the page's canvas sends it (opaque RGB, mask strength in red)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def stroke_value(app: PaintApp, state: TabState, box=(4, 4, 30, 60), alpha=255) -> dict:
-    """The editor's value after painting a rectangle (in image pixels) on the active layer."""
+    """The page's edit after painting a rectangle (in image pixels) on the active layer at opacity ``alpha``."""
     value = app.editor(state)
-    layer = value["layers"][0].copy()
-    scale = canvas.display_scale(*app.size(state))
-    x0, y0, x1, y1 = (v * scale for v in box)
-    layer[y0:y1, x0:x1, 3] = alpha
-    return {"background": np.asarray(value["background"]), "layers": [layer], "composite": None}
+    mask = canvas_mask(value)
+    x0, y0, x1, y1 = (v * value["scale"] for v in box)
+    mask[y0:y1, x0:x1] = alpha
+    return {"kind": "stroke", "layer": value["layer"], "width": value["width"], "height": value["height"],
+            "offset": value["offset"], "mask": data_url(mask)}
 
 
 def pixels(image) -> np.ndarray:
@@ -49,16 +66,20 @@ def pixels(image) -> np.ndarray:
 
 
 def painted(app, state) -> dict:
-    return app.canvas_changed(state, stroke_value(app, state), True)
+    return app.canvas_edit(state, stroke_value(app, state), True)
 
 
 def test_start_makes_an_image_a_layer_and_a_palette(app, state):
     assert state.base is not None and state.output is state.base
     assert len(state.layers) == 1 and state.active == 0 and state.layers[0].is_empty()
-    result = app.start(app.new_state())
+    fresh = app.new_state()
+    result = app.start(fresh)
     assert result["prompt"] == "a red circle on grass" and result["width"] == 64
     assert result["palette_table"][0][:4] == ["feature", BLOCK, 0, "red thing"]
-    assert result["editor"]["background"].size == (128, 128)
+    value = result["editor"]
+    assert (value["width"], value["height"], value["scale"]) == (64, 64, 2) and value["layer"] == fresh.layers[0].uid
+    background = Image.open(io.BytesIO(base64.b64decode(value["background"].split(",", 1)[1])))
+    assert background.size == (64, 64) and canvas_mask(value).shape == (128, 128)
 
 
 def test_a_stroke_repaints_and_an_unchanged_canvas_does_nothing(app, state):
@@ -66,14 +87,13 @@ def test_a_stroke_repaints_and_an_unchanged_canvas_does_nothing(app, state):
     assert "Repainted in" in result["timing"] and result["download"]
     assert np.abs(pixels(state.output) - pixels(state.base)).max() > 0
     assert state.layers[0].mask[10, 10] == 1.0 and state.layers[0].mask[10, 40] == 0.0
-    assert app.canvas_changed(state, stroke_value(app, state), True) == {}
-    assert app.canvas_changed(state, {"background": None, "layers": [], "composite": None}, True) == {}
+    assert app.canvas_edit(state, stroke_value(app, state), True) == {}
     saved = Session.from_json(open(result["download"]).read())
     assert np.array_equal(pixels(app.engine.generate(saved)), pixels(state.output))
 
 
 def test_apply_on_button_keeps_strokes_until_apply(app, state):
-    result = app.canvas_changed(state, stroke_value(app, state), False)
+    result = app.canvas_edit(state, stroke_value(app, state), False)
     assert "output" not in result and state.output is state.base and not state.layers[0].is_empty()
     applied = app.apply(state)
     assert np.abs(pixels(applied["output"]) - pixels(state.base)).max() > 0
@@ -84,10 +104,9 @@ def test_an_empty_mask_is_said_and_not_regenerated(app, state):
         result = app.apply(state)
     assert "output" not in result
     painted(app, state)
-    empty = stroke_value(app, state, alpha=0)
-    empty["layers"][0][..., 3] = 0
+    empty = stroke_value(app, state, box=(0, 0, 64, 64), alpha=0)
     with pytest.warns(UserWarning, match="nothing painted now"):
-        result = app.canvas_changed(state, empty, True)
+        result = app.canvas_edit(state, empty, True)
     assert result["output"] is state.base and result["timing"].startswith("Plain image")
 
 
@@ -95,9 +114,62 @@ def test_painting_without_a_layer_warns(app, state):
     stroke = stroke_value(app, state)
     state.layers.clear()
     state.active = -1
+    with pytest.warns(UserWarning, match="deleted before the edit arrived"):
+        result = app.canvas_edit(state, stroke, True)
+    assert "output" not in result and result["editor"]["layer"] is None
     with pytest.warns(UserWarning, match="no layer to paint on"):
-        result = app.canvas_changed(state, stroke, True)
+        result = app.canvas_edit(state, {**stroke, "layer": None}, True)
     assert "output" not in result
+
+
+def test_a_stroke_lands_on_the_layer_it_was_painted_on(app, state):
+    """A stroke still in flight when another layer becomes active paints the layer it names."""
+    stroke = stroke_value(app, state)
+    app.add_layer(state)
+    assert state.active == 1
+    app.canvas_edit(state, stroke, True)
+    assert not state.layers[0].is_empty() and state.layers[1].is_empty()
+
+
+def test_dragging_a_region_sets_the_offset_and_keeps_the_mask(app, state):
+    painted(app, state)
+    mask, first = state.layers[0].mask.copy(), state.output
+    value = app.editor(state)
+    result = app.canvas_edit(state, {"kind": "move", "layer": value["layer"], "width": 64, "height": 64,
+                                     "offset": [20, -3], "mask": None}, True)
+    assert state.layers[0].offset == (20, -3) and np.array_equal(state.layers[0].mask, mask)
+    assert "offset (20, -3)" in result["layer_info"] and np.abs(pixels(result["output"]) - pixels(first)).max() > 0
+    far = app.canvas_edit(state, {"kind": "move", "layer": value["layer"], "width": 64, "height": 64,
+                                  "offset": [500, 0], "mask": None}, True)
+    assert state.layers[0].offset == (64, 0) and "offset (64, 0)" in far["layer_info"]
+    assert app.editor(state)["offset"] == [64, 0]
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("not an edit", "expected an object"),
+    ({"kind": "smudge"}, "'kind' is 'smudge'; allowed: stroke, move"),
+    ({"kind": "stroke", "layer": 3, "width": 64, "height": 64}, "'layer' is 3"),
+    ({"kind": "stroke", "layer": None, "width": "wide", "height": 64}, "'width' is 'wide'"),
+    ({"kind": "move", "layer": None, "width": 64, "height": 64, "offset": [1]}, "'offset' is \\[1\\]"),
+    ({"kind": "stroke", "layer": None, "width": 64, "height": 64, "mask": "data:image/gif;base64,R0lG"},
+     "'mask' must be a data URL of a PNG"),
+    ({"kind": "stroke", "layer": None, "width": 64, "height": 64, "mask": "data:image/png;base64,AAAA"},
+     "'mask' is not a readable PNG"),
+])
+def test_bad_canvas_edits_warn_and_keep_the_layers(app, state, edit, message):
+    painted(app, state)
+    mask, output = state.layers[0].mask.copy(), state.output
+    with pytest.warns(UserWarning, match=message):
+        result = app.canvas_edit(state, edit, True)
+    assert set(result) == {"status"} and np.array_equal(state.layers[0].mask, mask) and state.output is output
+
+
+def test_an_edit_from_a_canvas_of_another_size_is_dropped(app, state):
+    stroke = stroke_value(app, state)
+    app.generate(state, "a red circle", "", 0, 4, 0, 128, 64)
+    with pytest.warns(UserWarning, match="showed a 64x64 image but the image is now 128x64"):
+        result = app.canvas_edit(state, stroke, True)
+    assert state.layers[0].is_empty() and result["editor"]["width"] == 128
 
 
 def test_generate_validates_and_keeps_the_painting_on_bad_input(app, state):
@@ -159,7 +231,8 @@ def test_layers_add_select_delete_clear(app, state):
     assert len(state.layers) == 2 and state.active == 1 and state.layers[1].concept == {"feature": 1}
     assert state.layers[1].name == "blue thing (2)"
     result = app.select_layer(state, 0)
-    assert result["layer_select"]["value"] == 0 and canvas.alpha_to_mask(result["editor"]["layers"][0], 64, 64).any()
+    assert result["layer_select"]["value"] == 0 and result["editor"]["layer"] == state.layers[0].uid
+    assert canvas_mask(result["editor"]).any()
     with pytest.warns(UserWarning, match="layer is 5"):
         app.select_layer(state, 5)
     result = app.clear_layer(state, True)
