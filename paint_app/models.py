@@ -39,6 +39,8 @@ class ModelProfile:
     guidance: float
     blocks: tuple[BlockProfile, ...] = ()
     sae_dir: Path | None = None  # a folder whose subfolders are SAEs shipped with the model
+    layer_strength: float = 4.0  # what a new layer in the app starts with
+    layer_step_range: tuple[int, int] | None = None
 
     def block(self, name: str) -> BlockProfile:
         for block in self.blocks:
@@ -129,8 +131,30 @@ def profile_for(name: str, pipe) -> ModelProfile:
     sae_dir = root / defaults["sae_dir"] if "sae_dir" in defaults else None
     if sae_dir is None and name == "toy":
         sae_dir = TOY_DIR / "saes"
-    return ModelProfile(name, family, width, height, int(defaults.get("steps", 1 if turbo else 30)),
-                        float(defaults.get("guidance", 0.0 if turbo else 7.5)), tuple(chosen), sae_dir)
+    steps = int(defaults.get("steps", 1 if turbo else 30))
+    strength, step_range = _layer_defaults(defaults.get("layer_defaults") or {}, steps, root)
+    return ModelProfile(name, family, width, height, steps, float(defaults.get("guidance", 0.0 if turbo else 7.5)),
+                        tuple(chosen), sae_dir, strength, step_range)
+
+
+def _layer_defaults(values: dict, steps: int, root: Path) -> tuple[float, tuple[int, int] | None]:
+    """``layer_defaults`` of ``paint_app.json``: the strength and step range a new layer starts with."""
+    from .session import MAX_STRENGTH
+
+    where = f"'{root / 'paint_app.json'}': layer_defaults"
+    strength = values.get("strength", 4.0)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not abs(strength) <= MAX_STRENGTH:
+        raise ModelError(f"{where}.strength is {strength!r}; allowed: a number from -{MAX_STRENGTH:g} to "
+                         f"{MAX_STRENGTH:g}")
+    step_range = values.get("step_range")
+    if step_range is not None:
+        ok = (isinstance(step_range, list) and len(step_range) == 2 and all(isinstance(v, int) for v in step_range)
+              and 0 <= step_range[0] < step_range[1] <= steps)
+        if not ok:
+            raise ModelError(f"{where}.step_range is {step_range!r}; allowed: [start, end] with 0 <= start < end "
+                             f"<= {steps} (the model's steps)")
+        step_range = (step_range[0], step_range[1])
+    return float(strength), step_range
 
 
 def _read_defaults(root: Path) -> dict:

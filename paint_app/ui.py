@@ -48,7 +48,6 @@ from .session import MAX_STRENGTH, Session
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "a red circle on grass"
-DEFAULT_STRENGTH = 4.0
 PALETTE_LIMIT = 200
 OUTPUT_TARGET = 320  # the shown image is enlarged to at least this many pixels along its longer side
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -162,7 +161,7 @@ class PaintApp:
         if layer is None:
             return {"layer_select": gr.update(choices=choices, value=None),
                     "layer_info": "No layer yet: click a concept in the palette to paint with it.",
-                    "mode": "add", "strength": DEFAULT_STRENGTH, "step_start": None, "step_end": None,
+                    "mode": "add", "strength": self.profile.layer_strength, "step_start": None, "step_end": None,
                     "enabled": True}
         start, end = layer.step_range or (None, None)
         info = (f"**{layer.name}** — {canvas.describe_concept(layer.block, layer.concept)}; "
@@ -351,8 +350,11 @@ class PaintApp:
                    mask: np.ndarray | None = None, mode: str = "add") -> CanvasLayer:
         width, height = self.size(state)
         name = _unique_name(label or canvas.describe_concept(block, concept), [layer.name for layer in state.layers])
-        layer = CanvasLayer(name=name, block=block, concept=concept, mode=mode, strength=DEFAULT_STRENGTH,
-                            mask=mask if mask is not None else canvas.empty_mask(width, height),
+        step_range = self.profile.layer_step_range  # the model's own defaults (paint_app.json), if they fit
+        if step_range and step_range[1] > (state.settings or self.default_settings()).steps:
+            step_range = None
+        layer = CanvasLayer(name=name, block=block, concept=concept, mode=mode, strength=self.profile.layer_strength,
+                            step_range=step_range, mask=mask if mask is not None else canvas.empty_mask(width, height),
                             color=canvas.next_color(state.layers))
         state.layers.append(layer)
         state.active = len(state.layers) - 1
@@ -646,7 +648,7 @@ class PaintApp:
         if chosen is None:
             return {}
         try:
-            image = self.cache.preview(chosen["block"], chosen["concept"], DEFAULT_STRENGTH)
+            image = self.cache.preview(chosen["block"], chosen["concept"], self.profile.layer_strength)
             weights = self._weights_of(chosen)
             examples = self.cache.top_examples(chosen["block"], weights)
         except (PaintError, SAEError) as exc:
@@ -654,7 +656,7 @@ class PaintApp:
             return {"status": notes.text()}
         scale = canvas.display_scale(image.width, image.height, 256)
         info = (f"**{chosen['label']}** ({canvas.describe_concept(chosen['block'], chosen['concept'])}): left the "
-                f"empty prompt, right the concept painted everywhere at strength {DEFAULT_STRENGTH:g}.")
+                f"empty prompt, right the concept painted everywhere at strength {self.profile.layer_strength:g}.")
         return {"preview": image.resize((image.width * scale, image.height * scale), Image.NEAREST),
                 "examples": examples, "palette_info": info}
 
@@ -930,7 +932,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
                 with gr.Row():
                     C["mode"] = gr.Radio(["add", "set", "erase"], value="add", label="Mode", elem_id="mode")
                     C["strength"] = gr.Number(label=f"Strength (-{MAX_STRENGTH:g} to {MAX_STRENGTH:g})",
-                                              value=DEFAULT_STRENGTH, elem_id="strength")
+                                              value=profile.layer_strength, elem_id="strength")
                     C["enabled"] = gr.Checkbox(label="On", value=True, elem_id="enabled")
                 with gr.Row(visible=profile.steps > 1):
                     C["step_start"] = gr.Number(label="From step", precision=0, elem_id="step-start")

@@ -201,6 +201,19 @@ def test_move_a_layer(page, screenshots):
     page.screenshot(path=screenshots / "06-moved.png", full_page=True)
 
 
+def test_a_new_layer_and_picking_layers_in_the_list(page, screenshots):
+    first = page.locator("#canvas .pc-root").get_attribute("data-layer")
+    page.click("#add-layer")
+    wait_text(page, "#layer-info", "blue thing (2)")
+    page.wait_for_function("old => document.querySelector('#canvas .pc-root').dataset.layer !== old", arg=first)
+    page.locator("#layer-select input").click()
+    page.locator("#layer-select [role=option]", has_text="1. blue thing").first.click()
+    page.wait_for_function("old => document.querySelector('#canvas .pc-root').dataset.layer === old", arg=first)
+    assert "blue thing (2)" not in page.locator("#layer-info").inner_text()
+    assert "offset (8, 0)" in page.locator("#layer-info").inner_text()
+    page.screenshot(path=screenshots / "06-layers.png", full_page=True)
+
+
 def test_downloaded_session_renders_to_the_shown_pixels(page, tmp_path):
     path = download_session(page, tmp_path, "session.json")
     session = Session.from_json(path.read_text())

@@ -89,6 +89,23 @@ def test_load_model_by_name_and_from_a_saved_folder(tmp_path):
     assert (profile.steps, profile.guidance, profile.family) == (3, 2.0, "sd")
     assert [(b.name, b.channels, b.grid, b.role) for b in profile.blocks] == [
         ("mid_block.attentions.0", 64, (8, 8), "coarse")]
+    assert (profile.layer_strength, profile.layer_step_range) == (4.0, None)
+
+
+@pytest.mark.parametrize("layer_defaults, expected", [
+    ({"strength": 16, "step_range": [1, 3]}, (16.0, (1, 3))),
+    ({"strength": 500}, "layer_defaults.strength is 500; allowed: a number from -100 to 100"),
+    ({"step_range": [2, 9]}, "layer_defaults.step_range is \\[2, 9\\]; allowed: .* <= 3"),
+])
+def test_a_model_folder_sets_the_defaults_of_new_layers(tmp_path, layer_defaults, expected):
+    load_model("tiny-random-sd", device="cpu").pipeline.save_pretrained(tmp_path / "pipe")
+    (tmp_path / "pipe" / "paint_app.json").write_text(json.dumps({"steps": 3, "layer_defaults": layer_defaults}))
+    if isinstance(expected, str):
+        with pytest.raises(ModelError, match=expected):
+            load_model(str(tmp_path / "pipe"), device="cpu")
+    else:
+        profile = load_model(str(tmp_path / "pipe"), device="cpu").profile
+        assert (profile.layer_strength, profile.layer_step_range) == expected
 
 
 def test_derived_profile_lists_every_transformer_block():

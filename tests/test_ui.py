@@ -399,3 +399,21 @@ def test_sessions_name_saes_unless_they_ship_with_the_model(app, tiny_sae_paths)
     shipped = PaintApp(app.engine, app.workdir)
     shipped.profile = replace(app.profile, sae_dir=Path(tiny_sae_paths[0]).parent)
     assert shipped.sae_sources() == []
+
+
+def test_new_layers_start_with_the_models_layer_defaults(tiny_engine, tmp_path):
+    import copy
+    import dataclasses
+
+    engine = copy.copy(tiny_engine)
+    profile = dataclasses.replace(tiny_engine.model.profile, layer_strength=16.0, layer_step_range=(1, 3))
+    engine.model = dataclasses.replace(tiny_engine.model, profile=profile)
+    app = PaintApp(engine, tmp_path)
+    state = app.new_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app.start(state)
+    assert (state.layers[0].strength, state.layers[0].step_range) == (16.0, (1, 3))
+    app.generate(state, "a red circle", "", 0, 2, 0, 64, 64)  # 2 steps: the default range no longer fits
+    app.add_layer(state)
+    assert (state.layers[1].strength, state.layers[1].step_range) == (16.0, None)
