@@ -1,6 +1,9 @@
 """PaintBench (toy): paint each labelled concept's best feature and factor into random regions; judge the region.
 
-    python benchmarks/paintbench.py [--k 10] [--strength 1.0] [--json out.json] [--card assets/toy/MODEL_CARD.md]
+    python benchmarks/paintbench.py [--k 10] [--strength S] [--json out.json] [--card assets/toy/MODEL_CARD.md]
+
+By default each layer is painted at the model's default for a new layer in the app (``layer_defaults`` in its
+``paint_app.json``: for the toy model strength 16 on steps [2, 8)).
 
 Prints the per-concept table and a per-block summary (see ``paint_app.toyworld.bench`` for the definitions).
 With ``--card`` the tables go into the model card, one section per strength and step range.
@@ -23,9 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="paintbench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy")
     parser.add_argument("--k", type=int, default=10, help="held-out scenes per concept")
-    parser.add_argument("--strength", type=float, default=1.0, help="layer strength (the session default is 1.0)")
+    parser.add_argument("--strength", type=float,
+                        help="layer strength (default: the model's default for a new layer in the app)")
     parser.add_argument("--step-range", type=int, nargs=2, metavar=("START", "END"),
-                        help="paint only on denoising steps [START, END) (default: every step)")
+                        help="paint only on denoising steps [START, END) (default: the model's default for a new "
+                             "layer; 0 0 for every step)")
     parser.add_argument("--blocks", nargs="*", help="only these blocks (default: every block with an SAE)")
     parser.add_argument("--concepts", nargs="*", help="only these concepts")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -67,8 +72,11 @@ def run(args: argparse.Namespace):
     if not concepts.blocks:
         print(f"paintbench: error: model {args.model!r} has no SAEs in {loaded.profile.sae_dir}", file=sys.stderr)
         raise SystemExit(2)
-    step_range = tuple(args.step_range) if args.step_range else None
-    bench = Bench(Engine(loaded, concepts), Judges.load(), args.strength, args.k, step_range)
+    profile = loaded.profile
+    strength = profile.layer_strength if args.strength is None else args.strength
+    step_range = profile.layer_step_range if args.step_range is None else tuple(args.step_range)
+    step_range = step_range if step_range and step_range[1] > 0 else None
+    bench = Bench(Engine(loaded, concepts), Judges.load(), strength, args.k, step_range)
     start = time.perf_counter()
     results = []
     for block in args.blocks or sorted(concepts.blocks):
@@ -78,7 +86,7 @@ def run(args: argparse.Namespace):
             print(f"{block} {concept}: success {r.success_feature:.2f} (factor {r.success_factor}) "
                   f"base {r.base_rate:.2f} leakage {r.leakage_feature:.3f} removal {r.removal}", flush=True)
     seconds = time.perf_counter() - start
-    header = (f"PaintBench (toy), model {args.model}, K={args.k} scenes per concept, strength {args.strength}, "
+    header = (f"PaintBench (toy), model {args.model}, K={args.k} scenes per concept, strength {strength}, "
               f"step range {list(step_range) if step_range else 'all'}, {loaded.profile.steps} steps, "
               f"guidance {loaded.profile.guidance}; {seconds:.0f} s on {loaded.device}")
     return header, results

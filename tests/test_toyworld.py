@@ -161,7 +161,7 @@ def test_painting_red_on_the_left_half_of_a_blue_square(toy):
     summary = json.loads((TOY_DIR / "paintbench.json").read_text())["summary"]
     block = max(summary, key=lambda row: row["colour_factor"] or 0)["block"]
     red = concepts.blocks[block].factors.labels.index("red")
-    settings = json.loads((TOY_DIR / "paint_app.json").read_text())["layer_defaults"]
+    assert toy.profile.layer_step_range is not None  # the app's defaults for a new layer, from paint_app.json
     engine = Engine(toy, concepts)
     judges = Judges.load()
     left = np.zeros((64, 64), bool)
@@ -172,7 +172,7 @@ def test_painting_red_on_the_left_half_of_a_blue_square(toy):
         before = np.asarray(engine.generate(session).convert("RGB"))
         assert judges.colour(before, left)[0] != "red"
         session.layers = [Layer(block=block, mask=Mask(rects=[[0, 0, 32, 64]]), factor=red,
-                                strength=settings["strength"], step_range=tuple(settings["step_range"]))]
+                                strength=toy.profile.layer_strength, step_range=toy.profile.layer_step_range)]
         after = np.asarray(engine.generate(session).convert("RGB"))
         assert judges.colour(after, left)[0] == "red", (seed, judges.colour(after, left))
         assert colour_fractions(after, ~left)["red"] < 0.05, seed  # hardly a red pixel on the right
