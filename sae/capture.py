@@ -248,18 +248,21 @@ def _prepare_folders(pipe, options: CollectOptions, prompts: list[str], state) -
 
 
 def _claim_folder(folder: Path, manifest: Manifest, prompts: list[str], overwrite: bool) -> None:
-    """Create the shard folder, or check that the one there holds the same run (else refuse or clear it)."""
-    if (folder / MANIFEST_NAME).exists():
+    """Create the shard folder, or check that the one there holds the same run (else refuse or clear it).
+
+    Without ``overwrite`` a folder of the same run is resumed. ``overwrite`` always starts over: the run key names
+    the model, not its weights, so a retrained model under the same name must not reuse old shards."""
+    if overwrite:
+        for file in list_shards(folder) if folder.exists() else []:
+            file.unlink()
+    elif (folder / MANIFEST_NAME).exists():
         old = read_manifest(folder)
         same_prompts = (folder / PROMPTS_NAME).exists() and json.loads((folder / PROMPTS_NAME).read_text()) == prompts
         if old.run_key() != manifest.run_key() or not same_prompts:
-            if not overwrite:
-                changed = [k for k, v in manifest.run_key().items() if old.run_key().get(k) != v]
-                raise SAEError(f"out folder '{folder}' holds a different collection (differs in: "
-                               f"{', '.join(changed or ['prompts'])}); use --overwrite to replace it or another --out")
-            for file in list_shards(folder):
-                file.unlink()
-    elif folder.exists() and any(folder.iterdir()) and not overwrite and list_shards(folder):
+            changed = [k for k, v in manifest.run_key().items() if old.run_key().get(k) != v]
+            raise SAEError(f"out folder '{folder}' holds a different collection (differs in: "
+                           f"{', '.join(changed or ['prompts'])}); use --overwrite to replace it or another --out")
+    elif folder.exists() and any(folder.iterdir()) and list_shards(folder):
         raise SAEError(f"out folder '{folder}' holds shards without a manifest; use --overwrite or another --out")
     folder.mkdir(parents=True, exist_ok=True)
     write_manifest(folder, manifest)

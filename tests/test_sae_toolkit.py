@@ -146,6 +146,11 @@ def test_collect_rerun_skips_finished_shards_and_detects_a_cut_shard(collected, 
     assert set(after) == set(before)
     assert [name for name in after if after[name] != before[name]] == [shards[2].name]
 
+    # --overwrite starts over: a model retrained under the same name must not reuse old shards
+    assert main([*args, "--overwrite"]) == 0
+    rewritten = {file.name: file.stat().st_mtime_ns for file in list_shards(folder)}
+    assert set(rewritten) == set(after) and all(rewritten[name] != after[name] for name in after)
+
     data = shards[1].read_bytes()
     shards[1].write_bytes(data[: len(data) // 2])
     with pytest.raises(SAEError, match=shards[1].name):
