@@ -16,7 +16,13 @@ CHARACTERS = string.ascii_lowercase + string.digits + ".,;:!?'\"-()&/"
 
 
 def word_tokenizer_vocab(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Vocabulary and merges so that each word in ``words`` is a single token."""
+    """Vocabulary and merges so that each word in ``words`` is a single token.
+
+    BPE applies the lowest-ranked merge present anywhere in a word first, so a word's merges cannot simply be
+    listed left to right (``triangle`` then fell apart on merges made for ``and``...). Each word is run through
+    BPE with the merges so far, and merges of its first two pieces are appended until it is one token; a merge
+    appended later ranks after every merge an earlier word used, so it never changes an earlier word.
+    """
     vocab: dict[str, int] = {}
 
     def add(token: str) -> None:
@@ -28,19 +34,35 @@ def word_tokenizer_vocab(words: Iterable[str]) -> tuple[dict[str, int], list[tup
         add(char)
         add(char + "</w>")
     merges: list[tuple[str, str]] = []
-    seen_merges: set[tuple[str, str]] = set()
+    ranks: dict[tuple[str, str], int] = {}
     for word in sorted({w.lower() for w in words if w}):
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        left = pieces[0]
-        for right in pieces[1:]:
-            merge = (left, right)
-            if merge not in seen_merges:
-                seen_merges.add(merge)
-                merges.append(merge)
-            left = left + right
-            add(left)
-        add(pieces[0] if len(pieces) == 1 else left)
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        while len(pieces) > 1:
+            merge = (pieces[0], pieces[1])
+            ranks[merge] = len(merges)
+            merges.append(merge)
+            add(merge[0] + merge[1])
+            pieces = _bpe(pieces, ranks)
+        add(pieces[0])
     return vocab, merges
+
+
+def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE on one word: merge the lowest-ranked adjacent pair (every occurrence) until none is known."""
+    while len(pieces) > 1:
+        rank, pair = min((ranks.get(p, len(ranks) + 1), p) for p in zip(pieces, pieces[1:]))
+        if pair not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(pieces):
+            if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == pair:
+                merged.append(pieces[i] + pieces[i + 1])
+                i += 2
+            else:
+                merged.append(pieces[i])
+                i += 1
+        pieces = merged
+    return pieces
 
 
 def make_word_tokenizer(words: Iterable[str], model_max_length: int = 77) -> CLIPTokenizer:

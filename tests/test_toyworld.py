@@ -81,6 +81,8 @@ def test_captions_follow_the_grammar_and_are_single_tokens():
     for seed in range(300):
         text = caption(scene_for_seed(seed), np.random.default_rng(seed))
         assert all(word + "</w>" in known for word in text.split()), text
+    for word in vocabulary():  # one token each, as the tokenizer really splits them (BPE merge order)
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
 
 
 # ----------------------------------------------------------------------------------------------------------------
