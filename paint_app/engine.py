@@ -20,6 +20,7 @@ from .errors import PaintError
 from .models import LoadedModel
 from .session import Session
 from .steering import Edit, Plan, apply_plan
+from .step_cache import StepCache
 
 PROMPT_CACHE_SIZE = 64
 
@@ -37,6 +38,7 @@ class Engine:
         self.concepts = concepts or ConceptLibrary()
         self.lock = threading.RLock()
         self._prompt_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self.step_cache = StepCache()
 
     @property
     def pipeline(self):
@@ -77,7 +79,11 @@ class Engine:
             start = time.perf_counter()
             embeds, cached = self.prompt_embeddings(session.prompt, session.negative_prompt, cfg)
             generator = torch.Generator(device="cpu").manual_seed(session.seed)
-            with torch.no_grad(), apply_plan(self.pipeline.unet, plan, cfg=cfg):
+            settings = (self.model.name, session.prompt, session.negative_prompt, session.seed, session.steps,
+                        session.guidance, session.width, session.height)
+            first_edit = min((e.step_range[0] if e.step_range else 0 for e in plan.edits), default=session.steps)
+            with torch.no_grad(), apply_plan(self.pipeline.unet, plan, cfg=cfg), \
+                    self.step_cache.replaying(self.pipeline.unet, settings, first_edit):
                 output = self.pipeline(**embeds, num_inference_steps=session.steps, guidance_scale=session.guidance,
                                        width=session.width, height=session.height, generator=generator,
                                        output_type="pil")

@@ -149,3 +149,30 @@ def test_prompt_report():
     report = engine.prompt_report("a red zebra circle")
     assert report == {"truncated": False, "unknown_words": ["zebra"]}
     assert engine.prompt_report("red " * 100)["truncated"]
+
+
+@pytest.mark.parametrize("name", ["tiny-random-sd", "tiny-random-sdxl"])
+def test_repaints_replay_the_steps_no_edit_touches_and_give_the_same_pixels(name, sae_dir):
+    """After a plain image, a repaint whose layers start at step 2 makes 2 of its 4 UNet calls, with the pixels
+    of a run that computes every step; another seed or an edit from step 0 replays nothing."""
+    model = load_model(name, device="cpu")
+    concepts = ConceptLibrary.load([str(sae_dir / BLOCK)], model.profile)
+    cached, fresh = Engine(model, concepts), Engine(model, concepts)
+    calls = []
+    handle = model.pipeline.unet.conv_in.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        cfg = {"model": name, "guidance": 3.0, "negative_prompt": "blurry"}
+        cached.generate(session(**cfg))
+        painted = session(**cfg, layers=[layer(step_range=[2, 4])])
+        calls.clear()
+        image = cached.generate(painted)
+        assert len(calls) == 2 and cached.step_cache.replayed == 2
+        calls.clear()
+        assert np.array_equal(pixels(image), pixels(fresh.generate(painted))) and len(calls) == 4
+        calls.clear()
+        cached.generate(session(**cfg, seed=6, layers=[layer(step_range=[2, 4])]))
+        cached.generate(session(**cfg, layers=[layer(step_range=[0, 4])]))
+        assert len(calls) == 8 and cached.step_cache.replayed == 2
+    finally:
+        handle.remove()
+    assert "forward" not in model.pipeline.unet.__dict__
