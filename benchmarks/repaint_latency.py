@@ -106,8 +106,8 @@ class Recorder:
         generate_timed = engine.generate_timed
         canvas_edit = app.canvas_edit
 
-        def timed_generation(session):
-            result = generate_timed(session)
+        def timed_generation(session, *args, **kwargs):
+            result = generate_timed(session, *args, **kwargs)
             with self.lock:
                 self.generation.append(result.seconds)
             return result

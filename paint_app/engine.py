@@ -68,10 +68,12 @@ class Engine:
             raise PaintError(f"model is {session.model!r}; this engine runs {self.model.name!r} "
                              "(render with --model to override the session's model)")
 
-    def generate(self, session: Session) -> Image.Image:
-        return self.generate_timed(session).image
+    def generate(self, session: Session, replay: bool = True) -> Image.Image:
+        return self.generate_timed(session, replay).image
 
-    def generate_timed(self, session: Session) -> Generation:
+    def generate_timed(self, session: Session, replay: bool = True) -> Generation:
+        """Render ``session``. With ``replay`` the steps before any edit acts may be replayed from the step cache
+        (same pixels); callers that hook the UNet's blocks themselves pass ``replay=False`` so every step runs."""
         self.check_model(session)
         plan = self.plan(session)
         cfg = self.uses_cfg(session)
@@ -82,6 +84,7 @@ class Engine:
             settings = (self.model.name, session.prompt, session.negative_prompt, session.seed, session.steps,
                         session.guidance, session.width, session.height)
             first_edit = min((e.step_range[0] if e.step_range else 0 for e in plan.edits), default=session.steps)
+            first_edit = first_edit if replay else 0
             with torch.no_grad(), apply_plan(self.pipeline.unet, plan, cfg=cfg), \
                     self.step_cache.replaying(self.pipeline.unet, settings, first_edit):
                 output = self.pipeline(**embeds, num_inference_steps=session.steps, guidance_scale=session.guidance,

@@ -120,7 +120,7 @@ def capture_feature_maps(engine: Engine, session: Session, blocks: list[str] | N
     names = list(blocks) if blocks is not None else sorted(engine.concepts.blocks)
     captures = {name: _Capture(engine.concepts.get(name).sae) for name in names}
     with engine.lock, _captures_after_edits(engine.pipeline.unet, captures):
-        image = engine.generate(session)
+        image = engine.generate(session, replay=False)  # the hooks must see every step
     maps = FeatureMaps(session.width, session.height, {name: c.block_map(keep) for name, c in captures.items()})
     return image, maps
 
