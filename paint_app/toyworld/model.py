@@ -42,14 +42,18 @@ def make_text_encoder(tokenizer):
     return CLIPTextModel(config)
 
 
-def make_unet():
+def make_unet(pooled_text: bool = False):
+    """The toy UNet. ``pooled_text`` also feeds the caption, pooled by attention, into the time embedding
+    (diffusers' ``addition_embed_type="text"``), so every ResNet block sees it, not only the cross-attention
+    layers: an experiment for shape adherence; the shipped model does not have it."""
     from diffusers import UNet2DConditionModel
 
+    extra = {"addition_embed_type": "text", "addition_embed_type_num_heads": 4} if pooled_text else {}
     return UNet2DConditionModel(
         sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=(2, 4), norm_num_groups=8,
+        cross_attention_dim=64, attention_head_dim=(2, 4), norm_num_groups=8, **extra,
     )
 
 

@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--pooled-text", action="store_true",
+                        help="also feed the pooled caption into the UNet's time embedding (experimental)")
     parser.add_argument("--high-noise-from", type=int, default=0,
                         help="UNet step from which timesteps lean to high noise (the shipped run: 1700)")
     return parser.parse_args(argv)
@@ -228,8 +230,8 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 def train_unet(args: argparse.Namespace, latents: torch.Tensor, scaling: float, device: torch.device):
     torch.manual_seed(args.seed + 2)
     tokenizer = make_tokenizer()
-    unet, text_encoder = make_unet().to(device), make_text_encoder(tokenizer).to(device)
-    ema_unet, ema_text = make_unet().to(device), make_text_encoder(tokenizer).to(device)
+    unet, text_encoder = make_unet(args.pooled_text).to(device), make_text_encoder(tokenizer).to(device)
+    ema_unet, ema_text = make_unet(args.pooled_text).to(device), make_text_encoder(tokenizer).to(device)
     ema_unet.load_state_dict(unet.state_dict())
     ema_text.load_state_dict(text_encoder.state_dict())
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     vae.register_to_config(scaling_factor=scaling)
     tokenizer, unet, text_encoder = train_unet(args, latents, scaling, device)
     info = {"seed": args.seed, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "scenes": args.scenes,
-            "unet_steps": args.unet_steps, "high_noise_from": args.high_noise_from, "batch": args.batch, "lr": args.lr, "scaling_factor": scaling,
+            "unet_steps": args.unet_steps, "high_noise_from": args.high_noise_from, "pooled_text": args.pooled_text, "batch": args.batch, "lr": args.lr, "scaling_factor": scaling,
             "device": str(device), "threads": args.threads,
             "wall_seconds_last_run": round(time.perf_counter() - started, 1)}
     if is_finished(args.out) and not args.overwrite:  # it may have appeared while we trained
