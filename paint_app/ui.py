@@ -11,7 +11,6 @@ the background; a stroke or a drag sends that layer's whole mask or offset back 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import shutil
@@ -32,7 +31,7 @@ from sae.errors import SAEError
 from . import canvas, web_canvas
 from .canvas import CanvasLayer
 from .engine import Engine
-from .errors import PaintError
+from .errors import PaintError, as_float, as_int, to_finite
 from .explore import (
     ExploreCache,
     FeatureMaps,
@@ -222,9 +221,9 @@ class PaintApp:
         notes = Notes()
         try:
             settings = Session.from_dict({"version": 1, "model": self.engine.model.name, "prompt": prompt or "",
-                                          "negative_prompt": negative or "", "seed": _as_int(seed, "seed"),
-                                          "steps": _as_int(steps, "steps"), "guidance": _as_float(guidance, "guidance"),
-                                          "width": _as_int(width, "width"), "height": _as_int(height, "height")})
+                                          "negative_prompt": negative or "", "seed": as_int(seed, "seed"),
+                                          "steps": as_int(steps, "steps"), "guidance": as_float(guidance, "guidance"),
+                                          "width": as_int(width, "width"), "height": as_int(height, "height")})
         except PaintError as exc:
             notes.warn(f"{exc}. The image and layers are kept.")
             return {"status": notes.text()}
@@ -443,7 +442,7 @@ class PaintApp:
         notes = Notes()
 
         def change(layer: CanvasLayer) -> bool:
-            value = _finite(strength)
+            value = to_finite(strength)
             if value is None or not -MAX_STRENGTH <= value <= MAX_STRENGTH:
                 notes.warn(f"strength is {strength!r}; allowed: a number from {-MAX_STRENGTH:g} to {MAX_STRENGTH:g}. "
                            f"Kept {layer.strength:g}.")
@@ -461,7 +460,7 @@ class PaintApp:
             if start in (None, "") and end in (None, ""):
                 changed, layer.step_range = layer.step_range is not None, None
                 return changed
-            first, last = _finite(start if start not in (None, "") else 0), _finite(end if end not in (None, "") else steps)
+            first, last = to_finite(start if start not in (None, "") else 0), to_finite(end if end not in (None, "") else steps)
             if (first is None or last is None or first != int(first) or last != int(last)
                     or not 0 <= first < last <= steps):
                 notes.warn(f"step range is [{start}, {end}]; allowed: whole numbers with 0 <= start < end <= steps "
@@ -511,7 +510,7 @@ class PaintApp:
     def nudge(self, state: TabState, direction: str, step: Any, live: bool = True) -> dict:
         notes = Notes()
         width, height = self.size(state)
-        pixels = _finite(step)
+        pixels = to_finite(step)
         if pixels is None or pixels != int(pixels) or not 1 <= pixels <= max(width, height):
             notes.warn(f"move step is {step!r}; allowed: whole pixels from 1 to {max(width, height)}")
             return {"status": notes.text()}
@@ -831,28 +830,6 @@ def _unique_name(name: str, taken: list[str]) -> str:
     return candidate
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _as_int(value: Any, name: str) -> Any:
-    number = _finite(value)
-    if number is None or number != int(number):
-        raise PaintError(f"{name} is {value!r}; allowed: a whole number")
-    return int(number)
-
-
-def _as_float(value: Any, name: str) -> Any:
-    number = _finite(value)
-    if number is None:
-        raise PaintError(f"{name} is {value!r}; allowed: a finite number")
-    return number
-
-
 def _file_path(value: Any) -> str:
     """The path of an uploaded file, whatever gradio hands over (a path, a FileData-like object or a dict)."""
     if isinstance(value, dict):
@@ -876,7 +853,7 @@ def _parse_weights(rows: Any, n_features: int) -> dict[int, float]:
         raise PaintError("the weights table is empty; pick a factor first")
     features: dict[int, float] = {}
     for i, row in enumerate(rows):
-        feature, weight = _finite(row[0]) if len(row) > 0 else None, _finite(row[2]) if len(row) > 2 else None
+        feature, weight = to_finite(row[0]) if len(row) > 0 else None, to_finite(row[2]) if len(row) > 2 else None
         if feature is None or feature != int(feature) or not 0 <= feature < n_features:
             raise PaintError(f"weights row {i + 1}: feature is {row[0]!r}; allowed: an index from 0 to {n_features - 1}")
         if weight is None or not 0 <= weight <= MAX_STRENGTH:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .canvas import CanvasLayer, alpha_to_mask, canvas_background, clamp_offset, display_scale
-from .errors import PaintError
+from .errors import PaintError, as_int
 
 WEB = Path(__file__).with_name("web")
 PNG_PREFIX = "data:image/png;base64,"
@@ -87,11 +87,12 @@ def parse_edit(data: Any, width: int, height: int) -> CanvasEdit:
     layer = data.get("layer")
     if layer is not None and not isinstance(layer, str):
         raise PaintError(f"canvas edit: 'layer' is {layer!r}; allowed: a layer id (string) or null")
-    shown = (_int_field(data, "width"), _int_field(data, "height"))
+    shown = (as_int(data.get("width"), "canvas edit: 'width'"), as_int(data.get("height"), "canvas edit: 'height'"))
     offset = data.get("offset") or [0, 0]
     if not (isinstance(offset, (list, tuple)) and len(offset) == 2):
         raise PaintError(f"canvas edit: 'offset' is {offset!r}; allowed: [dx, dy] in pixels")
-    offset = clamp_offset((_int_value(offset[0], "offset"), _int_value(offset[1], "offset")), width, height)
+    offset = clamp_offset((as_int(offset[0], "canvas edit: 'offset'"), as_int(offset[1], "canvas edit: 'offset'")),
+                          width, height)
     edit = CanvasEdit(kind, layer, shown[0], shown[1], offset)
     if kind == "stroke" and shown == (width, height):
         edit.mask = decode_mask(data.get("mask"), width, height)
@@ -113,16 +114,6 @@ def decode_mask(url: Any, width: int, height: int) -> np.ndarray:
         raise PaintError(f"canvas edit: 'mask' is not a readable PNG ({exc})") from exc
     grey = np.asarray(picture.convert("RGB"))[..., 0]
     return alpha_to_mask(grey, width, height)
-
-
-def _int_field(data: dict, name: str) -> int:
-    return _int_value(data.get(name), name)
-
-
-def _int_value(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise PaintError(f"canvas edit: {name!r} is {value!r}; allowed: a whole number")
-    return int(value)
 
 
 __all__ = ["CanvasEdit", "canvas_value", "decode_mask", "parse_edit", "png_data_url", "script", "style", "template"]

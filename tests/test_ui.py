@@ -151,6 +151,8 @@ def test_dragging_a_region_sets_the_offset_and_keeps_the_mask(app, state):
     ({"kind": "stroke", "layer": 3, "width": 64, "height": 64}, "'layer' is 3"),
     ({"kind": "stroke", "layer": None, "width": "wide", "height": 64}, "'width' is 'wide'"),
     ({"kind": "move", "layer": None, "width": 64, "height": 64, "offset": [1]}, "'offset' is \\[1\\]"),
+    ({"kind": "move", "layer": None, "width": 64, "height": 64, "offset": [float("nan"), 0]},
+     "'offset' is nan; allowed: a whole number"),
     ({"kind": "stroke", "layer": None, "width": 64, "height": 64, "mask": "data:image/gif;base64,R0lG"},
      "'mask' must be a data URL of a PNG"),
     ({"kind": "stroke", "layer": None, "width": 64, "height": 64, "mask": "data:image/png;base64,AAAA"},
