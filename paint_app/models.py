@@ -138,23 +138,20 @@ def profile_for(name: str, pipe) -> ModelProfile:
 
 
 def _layer_defaults(values: dict, steps: int, root: Path) -> tuple[float, tuple[int, int] | None]:
-    """``layer_defaults`` of ``paint_app.json``: the strength and step range a new layer starts with."""
-    from .session import MAX_STRENGTH
+    """``layer_defaults`` of ``paint_app.json``: the strength and step range a new layer starts with, checked as a
+    session layer's are."""
+    from .errors import SessionError
+    from .session import MAX_STRENGTH, _number, _parse_step_range
 
-    where = f"'{root / 'paint_app.json'}': layer_defaults"
-    strength = values.get("strength", 4.0)
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not abs(strength) <= MAX_STRENGTH:
-        raise ModelError(f"{where}.strength is {strength!r}; allowed: a number from -{MAX_STRENGTH:g} to "
-                         f"{MAX_STRENGTH:g}")
-    step_range = values.get("step_range")
-    if step_range is not None:
-        ok = (isinstance(step_range, list) and len(step_range) == 2 and all(isinstance(v, int) for v in step_range)
-              and 0 <= step_range[0] < step_range[1] <= steps)
-        if not ok:
-            raise ModelError(f"{where}.step_range is {step_range!r}; allowed: [start, end] with 0 <= start < end "
-                             f"<= {steps} (the model's steps)")
-        step_range = (step_range[0], step_range[1])
-    return float(strength), step_range
+    where = f"'{root / 'paint_app.json'}': layer_defaults."
+    try:
+        strength = _number(values, "strength", where, -MAX_STRENGTH, MAX_STRENGTH, 4.0)
+        step_range = values.get("step_range")
+        if step_range is not None:
+            step_range = _parse_step_range(step_range, f"{where}step_range", steps)
+    except SessionError as exc:
+        raise ModelError(str(exc)) from None
+    return strength, step_range
 
 
 def _read_defaults(root: Path) -> dict:

@@ -94,8 +94,9 @@ def test_load_model_by_name_and_from_a_saved_folder(tmp_path):
 
 @pytest.mark.parametrize("layer_defaults, expected", [
     ({"strength": 16, "step_range": [1, 3]}, (16.0, (1, 3))),
-    ({"strength": 500}, "layer_defaults.strength is 500; allowed: a number from -100 to 100"),
-    ({"step_range": [2, 9]}, "layer_defaults.step_range is \\[2, 9\\]; allowed: .* <= 3"),
+    ({"strength": 500}, "layer_defaults.strength is 500; allowed: a finite number from -100 to 100"),
+    ({"step_range": [2, 9]}, "layer_defaults.step_range is \\[2, 9\\]; allowed: .* <= steps \\(3\\)"),
+    ({"step_range": [True, 3]}, "layer_defaults.step_range is \\[True, 3\\]; allowed: .* <= steps \\(3\\)"),
 ])
 def test_a_model_folder_sets_the_defaults_of_new_layers(tmp_path, layer_defaults, expected):
     load_model("tiny-random-sd", device="cpu").pipeline.save_pretrained(tmp_path / "pipe")
