@@ -33,24 +33,21 @@ def word_tokenizer_vocab(words: Iterable[str]) -> tuple[dict[str, int], list[tup
     for char in CHARACTERS:
         add(char)
         add(char + "</w>")
-    merges: list[tuple[str, str]] = []
-    ranks: dict[tuple[str, str], int] = {}
+    ranks: dict[tuple[str, str], int] = {}  # the merges, in rank order
     for word in sorted({w.lower() for w in words if w}):
         pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
         while len(pieces) > 1:
-            merge = (pieces[0], pieces[1])
-            ranks[merge] = len(merges)
-            merges.append(merge)
-            add(merge[0] + merge[1])
+            ranks[(pieces[0], pieces[1])] = len(ranks)
+            add(pieces[0] + pieces[1])
             pieces = _bpe(pieces, ranks)
         add(pieces[0])
-    return vocab, merges
+    return vocab, list(ranks)
 
 
 def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """CLIP's BPE on one word: merge the lowest-ranked adjacent pair (every occurrence) until none is known."""
     while len(pieces) > 1:
-        rank, pair = min((ranks.get(p, len(ranks) + 1), p) for p in zip(pieces, pieces[1:]))
+        _, pair = min((ranks.get(p, len(ranks) + 1), p) for p in zip(pieces, pieces[1:]))
         if pair not in ranks:
             break
         merged, i = [], 0
