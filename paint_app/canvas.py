@@ -118,9 +118,8 @@ def alpha_to_mask(layer: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 
-def canvas_background(image: Image.Image | None, scale: int, others: list[CanvasLayer],
-                      width: int, height: int) -> Image.Image:
-    """The base image enlarged to canvas size, with the other layers' (moved) masks tinted over it."""
+def canvas_background(image: Image.Image | None, others: list[CanvasLayer], width: int, height: int) -> Image.Image:
+    """The base image at image size, with the other layers' (moved) masks tinted over it (the page enlarges it)."""
     base = image.convert("RGB") if image is not None else Image.new("RGB", (width, height), (236, 236, 236))
     picture = np.asarray(base, np.float32)
     for layer in others:
@@ -129,7 +128,7 @@ def canvas_background(image: Image.Image | None, scale: int, others: list[Canvas
         weight = 0.45 * layer.shown_mask()[..., None]
         picture = picture * (1 - weight) + np.array(_rgb(layer.color), np.float32) * weight
     picture = np.clip(np.rint(picture), 0, 255).astype(np.uint8)
-    return Image.fromarray(picture).resize((width * scale, height * scale), Image.NEAREST)
+    return Image.fromarray(picture)
 
 
 

@@ -53,7 +53,7 @@ def canvas_value(image: Image.Image | None, layers: list[CanvasLayer], active: i
                  active_color: str, hint: str = "") -> dict:
     """What the canvas shows: the picture (other enabled layers tinted in) and the active layer to paint."""
     others = [layer for i, layer in enumerate(layers) if i != active]
-    background = canvas_background(image, 1, others, width, height)
+    background = canvas_background(image, others, width, height)
     value: dict[str, Any] = {"width": width, "height": height, "scale": display_scale(width, height),
                              "background": png_data_url(background), "layer": None, "mask": None,
                              "offset": [0, 0], "color": active_color, "hint": hint}
