@@ -83,10 +83,9 @@ class Engine:
             generator = torch.Generator(device="cpu").manual_seed(session.seed)
             settings = (self.model.name, session.prompt, session.negative_prompt, session.seed, session.steps,
                         session.guidance, session.width, session.height)
-            first_edit = min((e.step_range[0] if e.step_range else 0 for e in plan.edits), default=session.steps)
-            first_edit = first_edit if replay else 0
+            replayable = plan.first_step(session.steps) if replay else 0
             with torch.no_grad(), apply_plan(self.pipeline.unet, plan, cfg=cfg), \
-                    self.step_cache.replaying(self.pipeline.unet, settings, first_edit):
+                    self.step_cache.replaying(self.pipeline.unet, settings, replayable):
                 output = self.pipeline(**embeds, num_inference_steps=session.steps, guidance_scale=session.guidance,
                                        width=session.width, height=session.height, generator=generator,
                                        output_type="pil")

@@ -68,6 +68,10 @@ class Plan:
     def blocks(self) -> list[str]:
         return sorted({edit.block for edit in self.edits})
 
+    def first_step(self, steps: int) -> int:
+        """The first denoising step any edit acts on (``steps`` when there are no edits)."""
+        return min((edit.step_range[0] if edit.step_range else 0 for edit in self.edits), default=steps)
+
     def validate(self) -> None:
         for i, edit in enumerate(self.edits):
             sae = self.saes.get(edit.block)
