@@ -203,24 +203,23 @@ def table(results: list[Result]) -> str:
 
 def summary(results: list[Result]) -> list[dict]:
     """Per block: mean success per kind (best feature, and best factor as ``<kind>_factor``), leakage, removal."""
+
+    def mean(values: list) -> float | None:
+        return float(np.mean(values)) if values else None
+
     rows = []
     for block in sorted({r.block for r in results}):
         row: dict = {"block": block}
         mine = [r for r in results if r.block == block]
         for kind in PAINTED_KINDS:
-            features = [r.success_feature for r in mine if r.kind == kind and r.feature is not None]
-            factors = [r.success_factor for r in mine if r.kind == kind and r.success_factor is not None]
-            row[kind] = float(np.mean(features)) if features else None
-            row[f"{kind}_factor"] = float(np.mean(factors)) if factors else None
-        leaks = [r.leakage_feature for r in mine if r.feature is not None]
-        factor_leaks = [r.leakage_factor for r in mine if r.leakage_factor is not None]
-        row["leakage"] = float(np.mean(leaks)) if leaks else None
-        row["leakage_factor"] = float(np.mean(factor_leaks)) if factor_leaks else None
-        removals = [r.removal for r in mine if r.removal is not None]
-        row["removal"] = float(np.mean(removals)) if removals else None
+            row[kind] = mean([r.success_feature for r in mine if r.kind == kind and r.feature is not None])
+            row[f"{kind}_factor"] = mean([r.success_factor for r in mine
+                                          if r.kind == kind and r.success_factor is not None])
+        row["leakage"] = mean([r.leakage_feature for r in mine if r.feature is not None])
+        row["leakage_factor"] = mean([r.leakage_factor for r in mine if r.leakage_factor is not None])
+        row["removal"] = mean([r.removal for r in mine if r.removal is not None])
         for kind in PAINTED_KINDS:
-            bases = [r.base_rate for r in mine if r.kind == kind]
-            row[f"{kind}_base"] = float(np.mean(bases)) if bases else None
+            row[f"{kind}_base"] = mean([r.base_rate for r in mine if r.kind == kind])
         rows.append(row)
     return rows
 
