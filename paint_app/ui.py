@@ -977,7 +977,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
             return gpu(method) if gpu is not None else method
 
         def wire(event, method, inputs: list[str], outputs: list[str], uses_engine: bool = True, **kwargs):
-            call = gpu(method) if gpu is not None and uses_engine else method
+            call = engine_call(method) if uses_engine else method
 
             def handler(*args):
                 return _outputs(_guarded(call, *args), outputs)
