@@ -86,7 +86,7 @@ def ground_truth_correlations(pipe, sae: SAE, block: str, n_scenes: int = 300, s
                               batch_size: int = 32, factor_weights: torch.Tensor | None = None
                               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Correlations [n_features, n_concepts] (and [n_factors, n_concepts] with factor weights), and each
-    concept's mean site value where it is minus where the other concepts of its kind are [n_concepts, d_in]."""
+    concept's mean site value where it is minus where it is not [n_concepts, d_in]."""
     module = get_block(pipe.unet, block)
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps)
@@ -126,25 +126,29 @@ def ground_truth_correlations(pipe, sae: SAE, block: str, n_scenes: int = 300, s
 
 
 class ConceptMeans:
-    """Running means of the site value where each concept is and where the other concepts of its kind are
-    (other colours for a colour, other backgrounds for a background), each weighted by its cover."""
+    """Running means of the site value where each concept is and where it is not, each cell weighted by how
+    much of it the concept covers (and does not cover)."""
 
     def __init__(self, d_in: int, n_concepts: int) -> None:
-        kinds = [kind for kind, _ in CONCEPTS]
-        same = torch.tensor([[float(a == b) for b in kinds] for a in kinds], dtype=torch.float64)
-        self.others = same - torch.eye(n_concepts, dtype=torch.float64)  # [J, J]: the same kind, not itself
         self.sums = torch.zeros(n_concepts, d_in, dtype=torch.float64)
         self.weights = torch.zeros(n_concepts, 1, dtype=torch.float64)
+        self.total = torch.zeros(d_in, dtype=torch.float64)
+        self.count = 0
 
     def update(self, x: torch.Tensor, c: torch.Tensor) -> None:
-        c = c.double()
-        self.sums += c.T @ x.double()
+        x, c = x.double(), c.double()
+        self.sums += c.T @ x
         self.weights += c.sum(0)[:, None]
+        self.total += x.sum(0)
+        self.count += x.shape[0]
 
     def difference(self) -> torch.Tensor:
-        """[J, d_in]: mean where the concept is minus the mean where the others of its kind are."""
+        """[J, d_in]: the mean where the concept is minus the mean everywhere else.
+
+        Everywhere else, not only where the other concepts of its kind are: a painted region is often
+        background, so the direction must carry "an object here" as well as "this colour"."""
         inside = self.sums / self.weights.clamp_min(1e-9)
-        outside = (self.others @ self.sums) / (self.others @ self.weights).clamp_min(1e-9)
+        outside = (self.total - self.sums) / (self.count - self.weights).clamp_min(1e-9)
         return (inside - outside).float()
 
 
