@@ -238,11 +238,11 @@ def summary_table(rows: list[dict]) -> str:
              f"leakage beyond {EDGE_PX} px | removal (erase) |", "|" + "---|" * 8]
     for row in rows:
         lines.append(f"| {row['block']} | best feature | {fmt(row['colour'])} | {fmt(row['texture'])} | "
-                     f"{fmt(row['shape'])} | {fmt(row['leakage'])} | {fmt(row.get('far_leakage'))} | "
+                     f"{fmt(row['shape'])} | {fmt(row['leakage'])} | {fmt(row['far_leakage'])} | "
                      f"{fmt(row['removal'])} |")
         lines.append(f"| {row['block']} | best factor | {fmt(row['colour_factor'])} | {fmt(row['texture_factor'])} | "
                      f"{fmt(row['shape_factor'])} | {fmt(row['leakage_factor'])} | "
-                     f"{fmt(row.get('far_leakage_factor'))} | - |")
+                     f"{fmt(row['far_leakage_factor'])} | - |")
         lines.append(f"| {row['block']} | nothing (base rate) | {fmt(row['colour_base'])} | {fmt(row['texture_base'])} | "
                      f"{fmt(row['shape_base'])} | - | - | - |")
     return "\n".join(lines)
