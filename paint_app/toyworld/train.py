@@ -331,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        # TF32 convolutions (PyTorch's cuDNN default) cost this small model its quality: on an H200 the VAE's
+        # held-out reconstruction error doubled with them (0.021 vs 0.011 without, 0.010 on a CPU).
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     vae = train_vae(args, device)
