@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-range", type=int, nargs=2, metavar=("START", "END"),
                         help="paint only on denoising steps [START, END) (default: the model's default for a new "
                              "layer; 0 0 for every step)")
+    parser.add_argument("--keep-outside", action="store_true",
+                        help="sessions keep the image outside the mask on the unpainted run's latents (the app's "
+                             "'keep the rest' option); leakage then measures what still gets through")
     parser.add_argument("--blocks", nargs="*", help="only these blocks (default: every block with an SAE)")
     parser.add_argument("--concepts", nargs="*", help="only these concepts")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"header": header, "results": [asdict(r) for r in results],
                                          "summary": rows}, indent=1) + "\n")
     if args.card:
-        write_card_section(args.card, text, re.search(r"strength \S+, step range (\[[^]]*\]|all)", header).group(0))
+        write_card_section(args.card, text, re.search(r"strength \S+, step range (\[[^]]*\]|all)(, outside kept)?", header).group(0))
     return 0
 
 
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace):
     strength = profile.layer_strength if args.strength is None else args.strength
     step_range = profile.layer_step_range if args.step_range is None else tuple(args.step_range)
     step_range = step_range if step_range and step_range[1] > 0 else None
-    bench = Bench(Engine(loaded, concepts), Judges.load(), strength, args.k, step_range)
+    bench = Bench(Engine(loaded, concepts), Judges.load(), strength, args.k, step_range, args.keep_outside)
     start = time.perf_counter()
     results = []
     for block in args.blocks or sorted(concepts.blocks):
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace):
                   f"base {r.base_rate:.2f} leakage {r.leakage_feature:.3f} removal {r.removal}", flush=True)
     seconds = time.perf_counter() - start
     header = (f"PaintBench (toy), model {args.model}, K={args.k} scenes per concept, strength {strength}, "
-              f"step range {list(step_range) if step_range else 'all'}, {loaded.profile.steps} steps, "
+              f"step range {list(step_range) if step_range else 'all'}{', outside kept' if args.keep_outside else ''}, "
+              f"{loaded.profile.steps} steps, "
               f"guidance {loaded.profile.guidance}; {seconds:.0f} s on {loaded.device}")
     return header, results
 

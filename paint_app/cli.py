@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="render a session file to an image")
     render.add_argument("session", help="session JSON file")
     render.add_argument("--out", required=True, help="output image (PNG)")
+    render.add_argument("--keep-outside", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep the image outside the painted areas on the plain image's latents "
+                             "(default: as the session file says)")
     _add_model_args(render, model_default=None)
 
     features = sub.add_parser("features", help="list the features (and factors) a model can be painted with")
@@ -110,6 +113,8 @@ def _render(args: argparse.Namespace) -> int:
     session = load_session(args.session)
     if args.model:
         session.model = args.model
+    if args.keep_outside is not None:
+        session.keep_outside = args.keep_outside
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".webp"):
         raise PaintError(f"--out is {str(out)!r}; allowed: a .png or .webp file (lossless, to compare pixels)")

@@ -186,6 +186,7 @@ class Session:
     guidance: float = 0.0
     layers: list[Layer] = field(default_factory=list)
     saes: list[str] = field(default_factory=list)
+    keep_outside: bool = False  # outside every mask, follow the unpainted image (steering.keep_outside)
     version: int = VERSION
 
     @classmethod
@@ -208,7 +209,7 @@ class Session:
             model=model, prompt=_string(data, "prompt", "", ""), negative_prompt=_string(data, "negative_prompt", "", ""),
             seed=_int(data, "seed", "", 0, MAX_SEED, 0), width=width, height=height, steps=steps,
             guidance=_number(data, "guidance", "", 0.0, MAX_GUIDANCE, 0.0),
-            saes=_sae_list(data.get("saes", [])),
+            saes=_sae_list(data.get("saes", [])), keep_outside=_bool(data, "keep_outside", "", False),
         )
         layers = data.get("layers", [])
         if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
@@ -231,6 +232,8 @@ class Session:
                 "layers": [layer.to_dict() for layer in self.layers]}
         if self.saes:
             data["saes"] = list(self.saes)
+        if self.keep_outside:
+            data["keep_outside"] = True
         return data
 
     def to_json(self) -> str:

@@ -6,6 +6,8 @@ With mask m (on the block's grid), strength s, feature f (decoder direction d_f,
 - erase: set with s = 0
 z_f is the SAE code of the block's site (``delta`` = h_out - h_in, or ``output`` = h_out) before any edit.
 All edits on a block are computed from the unedited activations and add up.
+With ``keep_outside`` the engine also blends, after every step, the latents with the unpainted run's outside
+the painted cover c (the soft union of the masks on the latent grid): x = c * x + (1 - c) * x_unpainted.
 """
 
 from __future__ import annotations
@@ -87,6 +89,25 @@ def grid_mask(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     if tuple(mask.shape) == tuple(grid):
         return mask.float()
     return F.adaptive_avg_pool2d(mask.float()[None, None], grid)[0, 0]
+
+
+def painted_cover(plan: Plan, grid: tuple[int, int]) -> torch.Tensor:
+    """How much of each latent cell any edit of the plan covers, [H, W] in [0, 1] (the soft union of the masks)."""
+    cover = torch.zeros(grid)
+    for edit in plan.edits:
+        cover = torch.maximum(cover, grid_mask(edit.mask, grid).clamp(0, 1))
+    return cover
+
+
+def keep_outside(latents: torch.Tensor, unpainted: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
+    """Latents that follow the painted run where ``cover`` is 1 and the unpainted run where it is 0.
+
+    Applied after every denoising step, this keeps an edit's side effects (through self-attention, convolutions
+    and GroupNorm statistics, which see the whole image) out of the unpainted area, as blended latent diffusion
+    does for inpainting; the edit itself still acts on the UNet's activations inside the mask.
+    """
+    cover = cover.to(latents.device, latents.dtype)
+    return cover * latents + (1 - cover) * unpainted.to(latents.device, latents.dtype)
 
 
 class StepCounter:

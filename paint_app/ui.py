@@ -77,6 +77,7 @@ class TabState:
     selected: dict | None = None  # the concept last picked: {"block", "concept", "label", "source"}
     maps_key: str | None = None
     maps: FeatureMaps | None = None
+    keep_outside: bool = True  # outside every painted area, keep the plain image's latents
 
     def active_layer(self) -> CanvasLayer | None:
         return self.layers[self.active] if 0 <= self.active < len(self.layers) else None
@@ -130,7 +131,8 @@ class PaintApp:
 
     def session_of(self, state: TabState) -> Session:
         settings = state.settings or self.default_settings()
-        return replace(settings, layers=[layer.to_session_layer() for layer in state.layers], saes=self.sae_sources())
+        return replace(settings, layers=[layer.to_session_layer() for layer in state.layers], saes=self.sae_sources(),
+                       keep_outside=state.keep_outside)
 
     def sae_sources(self) -> list[str]:
         """The SAE paths a session names, so ``paint-app render`` finds them; none for the model's own SAEs."""
@@ -482,6 +484,16 @@ class PaintApp:
 
         return self._change_layer(state, notes, live, change)
 
+    def set_keep_outside(self, state: TabState, keep: Any, live: bool = True) -> dict:
+        """Whether the image outside the painted areas stays on the plain image's latents."""
+        notes = Notes()
+        if state.keep_outside == bool(keep):
+            return {}
+        state.keep_outside = bool(keep)
+        if state.base is None or not any(layer.enabled and not layer.is_empty() for layer in state.layers):
+            return {"state": state, **self.files(state)}
+        return self.repaint(state, notes, live)
+
     def upload_mask(self, state: TabState, path: Any, live: bool = True) -> dict:
         """Fill the active layer's mask from a picture (alpha, else brightness), adapting odd sizes and modes."""
         notes = Notes()
@@ -811,11 +823,13 @@ class PaintApp:
             layers.append(CanvasLayer.from_session_layer(layer, session.width, session.height,
                                                          canvas.next_color(layers)))
         state.settings, state.layers, state.active = settings, layers, 0 if layers else -1
+        state.keep_outside = session.keep_outside
         state.base = self.engine.generate(settings)
         state.maps_key = None
         timing = self._show(state, notes)
         notes.info(f"Loaded a session with {len(layers)} layers.")
         return {**self.whole_view(state, notes), **self.settings_view(settings), "timing": timing,
+                "keep_outside": state.keep_outside,
                 "prompt_notes": self.prompt_notes(settings.prompt, Notes(), quiet=True)}
 
 
@@ -930,6 +944,8 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
                     C["manual"] = gr.Checkbox(label="Apply on button (for slow machines)", value=False,
                                               elem_id="manual")
                     C["apply"] = gr.Button("Apply", elem_id="apply")
+                C["keep_outside"] = gr.Checkbox(label="Keep the rest of the image (outside the painted areas)",
+                                                value=True, elem_id="keep-outside")
                 C["click_mode"] = gr.Radio([("inspect", "inspect"), ("move the active layer here", "move")],
                                            value="inspect", label="Clicking the image will", elem_id="click-mode")
                 with gr.Row():
@@ -1022,6 +1038,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
                 wire(trigger, _with_live(app.set_step_range), ["state", "step_start", "step_end", "manual"], changed,
                      trigger_mode="always_last")
         wire(C["enabled"].input, _with_live(app.set_enabled), ["state", "enabled", "manual"], changed)
+        wire(C["keep_outside"].input, _with_live(app.set_keep_outside), ["state", "keep_outside", "manual"], repaint)
         wire(C["mask_upload"].upload, _cleared(_with_live(app.upload_mask), "mask_upload"),
              ["state", "mask_upload", "manual"], [*changed, "mask_upload"])
         for direction in ("left", "up", "down", "right"):
@@ -1069,7 +1086,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
         wire(C["save_factor"].click, app.save_factor, ["state", "factor_pick", "factor_weights", "concept_name"],
              ["state", "status"], uses_engine=False)
         wire(C["session_upload"].upload, _cleared(app.load_session_file, "session_upload"),
-             ["state", "session_upload"], [*view, *settings, "prompt_notes", "session_upload"])
+             ["state", "session_upload"], [*view, *settings, "prompt_notes", "keep_outside", "session_upload"])
     blocks.paint_app = app  # for tests and the benchmark: the handlers behind the page
     return blocks
 

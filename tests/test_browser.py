@@ -214,11 +214,24 @@ def test_a_new_layer_and_picking_layers_in_the_list(page, screenshots):
     page.screenshot(path=screenshots / "06-layers.png", full_page=True)
 
 
+def test_keep_the_rest_of_the_image_toggles_and_repaints(page):
+    box = page.locator("#keep-outside input")
+    assert box.is_checked()
+    old = output_src(page)
+    box.uncheck()
+    old = wait_new_output(page, old)
+    unkept = shown_image(page)
+    box.check()
+    wait_new_output(page, old)
+    assert np.abs(shown_image(page).astype(int) - unkept).max() > 0
+
+
 def test_downloaded_session_renders_to_the_shown_pixels(page, tmp_path):
     path = download_session(page, tmp_path, "session.json")
     session = Session.from_json(path.read_text())
     assert session.layers[0].offset == (8, 0) and session.layers[0].block == MID and session.seed == 7
     assert 0.45 < session.layers[0].mask_array(64, 64).max() < 0.55  # painted at 50% opacity
+    assert session.keep_outside  # the page's default, so the render below goes through the blending too
     out = tmp_path / "render.png"
     # `paint-app render` itself (its console-script entry point), in this process to save the start-up time of
     # another Python: it loads its own pipeline and the SAEs the session names, sharing nothing with the server.

@@ -176,3 +176,38 @@ def test_repaints_replay_the_steps_no_edit_touches_and_give_the_same_pixels(name
     finally:
         handle.remove()
     assert "forward" not in model.pipeline.unet.__dict__
+
+
+@pytest.mark.parametrize("name", ["tiny-random-sd", "tiny-random-sdxl"])
+def test_keep_outside_holds_the_latents_outside_the_masks_on_the_plain_run(name, sae_dir):
+    """With keep_outside, every step's latents outside the painted cover are the plain run's, inside they are the
+    painted run's; without it the edit reaches the unpainted half too."""
+    model = load_model(name, device="cpu")
+    engine = Engine(model, ConceptLibrary.load([str(sae_dir / BLOCK)], model.profile))
+    vae, decoded = model.pipeline.vae, []
+    original = vae.decode
+    vae.decode = lambda z, *args, **kwargs: (decoded.append(z.clone()), original(z, *args, **kwargs))[1]
+    try:
+        cfg = {"model": name, "guidance": 3.0, "negative_prompt": "blurry"}
+        engine.generate(session(**cfg))
+        painted = [layer(rect=(0, 0, 32, 64), strength=30.0)]
+        engine.generate(session(**cfg, layers=painted))
+        engine.generate(session(**cfg, layers=painted, keep_outside=True))
+    finally:
+        vae.decode = original
+    plain, free, kept = decoded
+    width = plain.shape[-1]
+    right, left = (..., slice(width // 2, None)), (..., slice(None, width // 2))
+    assert not torch.allclose(free[right], plain[right], atol=1e-4)  # the edit leaks without keep_outside
+    assert torch.equal(kept[right], plain[right])
+    assert not torch.allclose(kept[left], plain[left], atol=1e-4)
+
+
+def test_keep_outside_is_saved_and_read_with_the_session(tmp_path):
+    painted = session(layers=[layer()], keep_outside=True)
+    assert painted.to_dict()["keep_outside"] is True and "keep_outside" not in session().to_dict()
+    path = tmp_path / "s.json"
+    painted.save(path)
+    assert Session.from_json(path.read_bytes()).keep_outside
+    with pytest.raises(PaintError, match="keep_outside.*true or false"):
+        session(keep_outside="yes")

@@ -333,6 +333,26 @@ def test_factor_weights_are_edited_and_saved_as_a_concept(app, state):
     assert state.layers[0].concept == {"features": {rows[0][0]: 2.0}}
 
 
+def test_keep_outside_is_on_by_default_toggles_repaint_and_travels_with_the_session(app, state, tmp_path):
+    painted(app, state)
+    kept = state.output
+    assert state.keep_outside and json.loads(open(app.session_file(state)).read())["keep_outside"] is True
+    result = app.set_keep_outside(state, False, True)
+    assert "Repainted in" in result["timing"] and not state.keep_outside
+    assert np.abs(pixels(result["output"]) - pixels(kept)).max() > 0
+    assert app.set_keep_outside(state, False, True) == {}
+    saved = app.session_file(state)
+    assert "keep_outside" not in json.loads(open(saved).read())
+    other = app.new_state()
+    assert other.keep_outside
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app.start(other)
+    result = app.load_session_file(other, saved)
+    assert result["keep_outside"] is False and not other.keep_outside
+    assert np.array_equal(pixels(other.output), pixels(state.output))
+
+
 def test_sessions_round_trip_and_bad_files_change_nothing(app, state, tmp_path):
     painted(app, state)
     app.nudge(state, "down", 4, True)

@@ -113,7 +113,7 @@ def leakage(base: np.ndarray, painted: np.ndarray, mask: np.ndarray, margin: int
 
 class Bench:
     def __init__(self, engine: Engine, judges: Judges, strength: float, k: int,
-                 step_range: tuple[int, int] | None = None) -> None:
+                 step_range: tuple[int, int] | None = None, keep_outside: bool = False) -> None:
         self.engine = engine
         self.step_range = step_range
         self.judges = judges
@@ -121,7 +121,7 @@ class Bench:
         self.k = k
         profile = engine.model.profile
         self.base_session = Session(model=engine.model.name, width=profile.width, height=profile.height,
-                                    steps=profile.steps, guidance=profile.guidance)
+                                    steps=profile.steps, guidance=profile.guidance, keep_outside=keep_outside)
         self._cache: dict[tuple[str, int], np.ndarray] = {}
 
     def image(self, prompt: str, seed: int, layers: list[Layer] | None = None) -> np.ndarray:
