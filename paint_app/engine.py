@@ -19,11 +19,19 @@ from .concepts import ConceptLibrary
 from .errors import PaintError
 from .models import LoadedModel
 from .session import Session
-from .steering import Edit, Plan, apply_plan, keep_outside, painted_cover
+from .steering import Edit, Plan, apply_plan, keep_outside, painted_cover, paste_outside
 from .step_cache import StepCache
 
 PROMPT_CACHE_SIZE = 64
 UNPAINTED_CACHE_SIZE = 4
+
+
+@dataclass
+class Unpainted:
+    """The run of a session's settings with no layers: its latents after each step, and its image."""
+
+    latents: list[torch.Tensor]
+    image: Image.Image
 
 
 @dataclass
@@ -40,7 +48,7 @@ class Engine:
         self.lock = threading.RLock()
         self._prompt_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
         self.step_cache = StepCache()
-        self._unpainted: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()
+        self._unpainted: OrderedDict[tuple, Unpainted] = OrderedDict()
 
     @property
     def pipeline(self):
@@ -86,13 +94,18 @@ class Engine:
             settings = (self.model.name, session.prompt, session.negative_prompt, session.seed, session.steps,
                         session.guidance, session.width, session.height)
             replayable = plan.first_step(session.steps) if replay else 0
+            keep = session.keep_outside and bool(plan.edits)
             on_step_end = None
-            if session.keep_outside and plan.edits:
-                on_step_end = self._keeping_outside(plan, self._unpainted_latents(session, settings, embeds, replay))
+            if keep:
+                unpainted = self._unpainted_run(session, settings, embeds, replay)
+                cover = painted_cover(plan, tuple(unpainted.latents[-1].shape[-2:]))
+                on_step_end = self._keeping_outside(unpainted.latents, cover)
             with torch.no_grad(), apply_plan(self.pipeline.unet, plan, cfg=cfg), \
                     self.step_cache.replaying(self.pipeline.unet, settings, replayable):
-                output = self._run(session, embeds, generator, "pil", on_step_end)
-            return Generation(output.images[0], time.perf_counter() - start, cached)
+                image = self._run(session, embeds, generator, "pil", on_step_end).images[0]
+            if keep:
+                image = paste_outside(image, unpainted.image, cover)
+            return Generation(image, time.perf_counter() - start, cached)
 
     def _run(self, session: Session, embeds: dict, generator: torch.Generator, output_type: str, on_step_end=None):
         extra = {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]} \
@@ -101,9 +114,9 @@ class Engine:
                              width=session.width, height=session.height, generator=generator,
                              output_type=output_type, **extra)
 
-    def _unpainted_latents(self, session: Session, settings: tuple, embeds: dict, replay: bool) -> list[torch.Tensor]:
-        """The latents after each step of the same settings with no layers (cached; the run also fills the step
-        cache, so the painted run that follows replays the steps before its first edit)."""
+    def _unpainted_run(self, session: Session, settings: tuple, embeds: dict, replay: bool) -> Unpainted:
+        """The same settings with no layers (cached; the run also fills the step cache, so the painted run that
+        follows replays the steps before its first edit)."""
         if settings in self._unpainted:
             self._unpainted.move_to_end(settings)
             return self._unpainted[settings]
@@ -116,23 +129,18 @@ class Engine:
         generator = torch.Generator(device="cpu").manual_seed(session.seed)
         with torch.no_grad(), self.step_cache.replaying(self.pipeline.unet, settings,
                                                         session.steps if replay else 0):
-            self._run(session, embeds, generator, "latent", record)
-        self._unpainted[settings] = latents
+            image = self._run(session, embeds, generator, "pil", record).images[0]
+        self._unpainted[settings] = Unpainted(latents, image)
         if len(self._unpainted) > UNPAINTED_CACHE_SIZE:
             self._unpainted.popitem(last=False)
-        return latents
+        return self._unpainted[settings]
 
     @staticmethod
-    def _keeping_outside(plan: Plan, unpainted: list[torch.Tensor]):
+    def _keeping_outside(unpainted: list[torch.Tensor], cover: torch.Tensor):
         """A step-end callback that keeps the latents outside the painted cover on the unpainted run's."""
-        covers: dict[tuple, torch.Tensor] = {}
 
         def blend(pipe, index, timestep, tensors):
-            latents = tensors["latents"]
-            grid = tuple(latents.shape[-2:])
-            if grid not in covers:
-                covers[grid] = painted_cover(plan, grid)
-            tensors["latents"] = keep_outside(latents, unpainted[index], covers[grid])
+            tensors["latents"] = keep_outside(tensors["latents"], unpainted[index], cover)
             return tensors
 
         return blend

@@ -7,7 +7,8 @@ With mask m (on the block's grid), strength s, feature f (decoder direction d_f,
 z_f is the SAE code of the block's site (``delta`` = h_out - h_in, or ``output`` = h_out) before any edit.
 All edits on a block are computed from the unedited activations and add up.
 With ``keep_outside`` the engine also blends, after every step, the latents with the unpainted run's outside
-the painted cover c (the soft union of the masks on the latent grid): x = c * x + (1 - c) * x_unpainted.
+the painted cover c (the latent cells any mask touches): x = c * x + (1 - c) * x_unpainted, and
+pastes the unpainted pixels back outside c (``paste_outside``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from sae.hooks import block_input, block_output, forward_hooks, replace_block_output, site_value
 from sae.model import SAE
@@ -92,11 +95,15 @@ def grid_mask(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def painted_cover(plan: Plan, grid: tuple[int, int]) -> torch.Tensor:
-    """How much of each latent cell any edit of the plan covers, [H, W] in [0, 1] (the soft union of the masks)."""
-    cover = torch.zeros(grid)
+    """The latent cells any edit of the plan touches, [H, W] of 0 or 1.
+
+    Touched at all, not how strongly: a soft mask already scales its edit inside the UNet, and blending a
+    half-painted cell half-way back to the unpainted run at every step would shrink the edit far more than half.
+    """
+    cover = torch.zeros(grid, dtype=torch.bool)
     for edit in plan.edits:
-        cover = torch.maximum(cover, grid_mask(edit.mask, grid).clamp(0, 1))
-    return cover
+        cover |= grid_mask(edit.mask, grid) > 0
+    return cover.float()
 
 
 def keep_outside(latents: torch.Tensor, unpainted: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
@@ -108,6 +115,22 @@ def keep_outside(latents: torch.Tensor, unpainted: torch.Tensor, cover: torch.Te
     """
     cover = cover.to(latents.device, latents.dtype)
     return cover * latents + (1 - cover) * unpainted.to(latents.device, latents.dtype)
+
+
+def paste_outside(painted: Image.Image, unpainted: Image.Image, cover: torch.Tensor) -> Image.Image:
+    """The painted image where ``cover`` (on the latent grid) is 1, the unpainted image where it is 0, blended
+    over about one latent cell at the edge (the cover upsampled bilinearly to pixels).
+
+    The VAE decoder's GroupNorm statistics span the whole latent, so a strongly painted region tints the decoded
+    rest of the image even when its latents are the unpainted run's; pasting the unpainted pixels back removes
+    that tint (as inpainting tools do), and leaves the pixels beyond that edge exactly the plain image's.
+    """
+    size = (painted.height, painted.width)
+    alpha = F.interpolate(cover.float()[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    alpha = alpha.clamp(0, 1).numpy()[..., None]
+    out = alpha * np.asarray(painted.convert("RGB"), np.float32) + \
+        (1 - alpha) * np.asarray(unpainted.convert("RGB"), np.float32)
+    return Image.fromarray(np.rint(out).astype(np.uint8))
 
 
 class StepCounter:

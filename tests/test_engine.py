@@ -181,7 +181,8 @@ def test_repaints_replay_the_steps_no_edit_touches_and_give_the_same_pixels(name
 @pytest.mark.parametrize("name", ["tiny-random-sd", "tiny-random-sdxl"])
 def test_keep_outside_holds_the_latents_outside_the_masks_on_the_plain_run(name, sae_dir):
     """With keep_outside, every step's latents outside the painted cover are the plain run's, inside they are the
-    painted run's; without it the edit reaches the unpainted half too."""
+    painted run's, and the pixels beyond one latent cell of the mask are the plain image's; without it the edit
+    reaches the unpainted half too."""
     model = load_model(name, device="cpu")
     engine = Engine(model, ConceptLibrary.load([str(sae_dir / BLOCK)], model.profile))
     vae, decoded = model.pipeline.vae, []
@@ -189,18 +190,24 @@ def test_keep_outside_holds_the_latents_outside_the_masks_on_the_plain_run(name,
     vae.decode = lambda z, *args, **kwargs: (decoded.append(z.clone()), original(z, *args, **kwargs))[1]
     try:
         cfg = {"model": name, "guidance": 3.0, "negative_prompt": "blurry"}
-        engine.generate(session(**cfg))
+        plain_image = pixels(engine.generate(session(**cfg)))
         painted = [layer(rect=(0, 0, 32, 64), strength=30.0)]
-        engine.generate(session(**cfg, layers=painted))
-        engine.generate(session(**cfg, layers=painted, keep_outside=True))
+        free_image = pixels(engine.generate(session(**cfg, layers=painted)))
+        kept_image = pixels(engine.generate(session(**cfg, layers=painted, keep_outside=True)))
+        engine.generate(session(**cfg, layers=painted, keep_outside=True))  # the plain run is cached now
     finally:
         vae.decode = original
-    plain, free, kept = decoded
+    assert len(decoded) == 5  # plain, free, the plain run behind keep_outside, kept, kept again
+    plain, free, _, kept, _ = decoded
     width = plain.shape[-1]
     right, left = (..., slice(width // 2, None)), (..., slice(None, width // 2))
     assert not torch.allclose(free[right], plain[right], atol=1e-4)  # the edit leaks without keep_outside
     assert torch.equal(kept[right], plain[right])
     assert not torch.allclose(kept[left], plain[left], atol=1e-4)
+    cell = 64 // width
+    assert np.array_equal(kept_image[:, 32 + cell:], plain_image[:, 32 + cell:])
+    assert not np.array_equal(free_image[:, 32 + cell:], plain_image[:, 32 + cell:])
+    assert not np.array_equal(kept_image[:, :32 - cell], plain_image[:, :32 - cell])
 
 
 def test_keep_outside_is_saved_and_read_with_the_session(tmp_path):

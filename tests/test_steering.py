@@ -8,7 +8,7 @@ import torch
 from helpers import make_sae
 
 from paint_app.errors import ModelError, PaintError
-from paint_app.steering import Edit, Plan, apply_plan, grid_mask, keep_outside, painted_cover
+from paint_app.steering import Edit, Plan, apply_plan, grid_mask, keep_outside, painted_cover, paste_outside
 from sae.hooks import block_input, block_output
 from sae.pipelines import build_tiny_pipeline, get_block
 
@@ -74,18 +74,34 @@ def test_grid_mask_is_the_area_average():
     assert 0 < float(grid_mask(mask, (16, 16))[3, 6]) == pytest.approx(0.5)
 
 
-def test_painted_cover_is_the_soft_union_and_keep_outside_blends_by_it():
+def test_painted_cover_holds_every_touched_cell_and_keep_outside_blends_by_it():
     left, soft = torch.zeros(64, 64), torch.zeros(64, 64)
     left[:, :16] = 1.0
-    soft[:32, 48:] = 0.5
+    soft[:32, 48:] = 0.5  # a half-strength brush
+    soft[40, 40] = 0.2  # one faint pixel: a sixteenth of its cell
     plan = Plan([Edit(BLOCK, (1,), left), Edit(BLOCK, (2,), soft)], {})
     cover = painted_cover(plan, (16, 16))
-    assert torch.equal(cover[:, :4], torch.ones(16, 4)) and torch.equal(cover[:8, 12:], torch.full((8, 4), 0.5))
-    assert float(cover[:, 4:12].abs().sum()) == 0 and float(cover[8:, 12:].abs().sum()) == 0
+    expected = torch.zeros(16, 16)
+    expected[:, :4] = expected[:8, 12:] = expected[10, 10] = 1.0
+    assert torch.equal(cover, expected)
     painted, unpainted = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 16, 16)
-    kept = keep_outside(painted, unpainted, cover)
-    assert torch.equal(kept[..., :4], painted[..., :4]) and torch.equal(kept[..., 4:12], unpainted[..., 4:12])
+    half = cover.clone()
+    half[:8, 12:] = 0.5
+    kept = keep_outside(painted, unpainted, half)
+    assert torch.equal(kept[..., :4], painted[..., :4]) and torch.equal(kept[..., 4:10], unpainted[..., 4:10])
     torch.testing.assert_close(kept[..., :8, 12:], (painted[..., :8, 12:] + unpainted[..., :8, 12:]) / 2)
+
+
+def test_paste_outside_keeps_the_unpainted_pixels_beyond_one_cell_of_the_cover():
+    from PIL import Image
+
+    painted = Image.fromarray(np.full((64, 64, 3), 200, np.uint8))
+    unpainted = Image.fromarray(np.full((64, 64, 3), 10, np.uint8))
+    cover = torch.zeros(16, 16)
+    cover[:, :8] = 1.0
+    out = np.asarray(paste_outside(painted, unpainted, cover))
+    assert (out[:, :30] == 200).all() and (out[:, 34:] == 10).all()
+    assert ((10 < out[:, 30:34]) & (out[:, 30:34] < 200)).all()  # a soft edge, about one cell wide
 
 
 def test_add_changes_only_masked_cells_by_m_s_sigma_d(pipe, sae):

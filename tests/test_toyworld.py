@@ -155,7 +155,8 @@ def test_judges_are_accurate_on_fresh_ground_truth_renders():
 def test_painting_red_on_the_left_half_of_a_blue_square(toy):
     """The product's claim on real weights: the toy's red concept (the factor fitted from ground truth on the
     block PaintBench found best for colour, at the model's recommended layer settings) paints the left half;
-    keeping the rest of the image (the app's default) changes the right half less than painting without it."""
+    with the rest of the image kept (the app's default) the right half beyond one latent cell is the plain
+    image's, pixel for pixel."""
     from paint_app.concepts import ConceptLibrary
     from paint_app.engine import Engine
     from paint_app.session import Layer, Mask, Session
@@ -176,14 +177,12 @@ def test_painting_red_on_the_left_half_of_a_blue_square(toy):
         assert judges.colour(before, left)[0] != "red"
         session.layers = [Layer(block=block, mask=Mask(rects=[[0, 0, 32, 64]]), factor=red,
                                 strength=toy.profile.layer_strength, step_range=toy.profile.layer_step_range)]
-        right_moved = []
         for keep in (False, True):
             session.keep_outside = keep
             after = np.asarray(engine.generate(session).convert("RGB")).astype(int)
             assert judges.colour(after, left)[0] == "red", (seed, keep, judges.colour(after, left))
             assert colour_fractions(after, ~left)["red"] < 0.05, (seed, keep)  # hardly a red pixel on the right
-            right_moved.append(np.abs(after - before)[:, 36:].mean())
-        assert right_moved[1] < 0.8 * right_moved[0], (seed, right_moved)
+        assert np.array_equal(after[:, 36:], before[:, 36:]), seed
 
 
 # ----------------------------------------------------------------------------------------------------------------
