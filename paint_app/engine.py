@@ -95,7 +95,8 @@ class Engine:
                         session.guidance, session.width, session.height)
             replayable = plan.first_step(session.steps) if replay else 0
             keep = session.keep_outside and bool(plan.edits)
-            on_step_end = None
+            latents: list[torch.Tensor] = []
+            on_step_end = self._recording(latents)  # a plain run is kept for later keep_outside repaints
             if keep:
                 unpainted = self._unpainted_run(session, settings, embeds, replay)
                 cover = painted_cover(plan, tuple(unpainted.latents[-1].shape[-2:]))
@@ -105,6 +106,8 @@ class Engine:
                 image = self._run(session, embeds, generator, "pil", on_step_end).images[0]
             if keep:
                 image = paste_outside(image, unpainted.image, cover)
+            elif not plan.edits and replay:  # with replay=False the caller's own hooks may be on the UNet
+                self._remember_unpainted(settings, Unpainted(latents, image))
             return Generation(image, time.perf_counter() - start, cached)
 
     def _run(self, session: Session, embeds: dict, generator: torch.Generator, output_type: str, on_step_end=None):
@@ -121,19 +124,28 @@ class Engine:
             self._unpainted.move_to_end(settings)
             return self._unpainted[settings]
         latents: list[torch.Tensor] = []
+        generator = torch.Generator(device="cpu").manual_seed(session.seed)
+        with torch.no_grad(), self.step_cache.replaying(self.pipeline.unet, settings,
+                                                        session.steps if replay else 0):
+            image = self._run(session, embeds, generator, "pil", self._recording(latents)).images[0]
+        return self._remember_unpainted(settings, Unpainted(latents, image))
+
+    def _remember_unpainted(self, settings: tuple, unpainted: Unpainted) -> Unpainted:
+        self._unpainted[settings] = unpainted
+        self._unpainted.move_to_end(settings)
+        if len(self._unpainted) > UNPAINTED_CACHE_SIZE:
+            self._unpainted.popitem(last=False)
+        return unpainted
+
+    @staticmethod
+    def _recording(latents: list[torch.Tensor]):
+        """A step-end callback that keeps a copy of the latents after each step in ``latents``."""
 
         def record(pipe, index, timestep, tensors):
             latents.append(tensors["latents"].clone())
             return tensors
 
-        generator = torch.Generator(device="cpu").manual_seed(session.seed)
-        with torch.no_grad(), self.step_cache.replaying(self.pipeline.unet, settings,
-                                                        session.steps if replay else 0):
-            image = self._run(session, embeds, generator, "pil", record).images[0]
-        self._unpainted[settings] = Unpainted(latents, image)
-        if len(self._unpainted) > UNPAINTED_CACHE_SIZE:
-            self._unpainted.popitem(last=False)
-        return self._unpainted[settings]
+        return record
 
     @staticmethod
     def _keeping_outside(unpainted: list[torch.Tensor], cover: torch.Tensor):
