@@ -119,8 +119,11 @@ def capture_feature_maps(engine: Engine, session: Session, blocks: list[str] | N
     (default: every block with an SAE)."""
     names = list(blocks) if blocks is not None else sorted(engine.concepts.blocks)
     captures = {name: _Capture(engine.concepts.get(name).sae) for name in names}
-    with engine.lock, _captures_after_edits(engine.pipeline.unet, captures):
-        image = engine.generate(session, replay=False)  # the hooks must see every step
+    with engine.lock:
+        if session.keep_outside and session.layers:
+            engine.generate(replace(session, layers=[]))  # the plain run keep_outside needs, unseen by the hooks
+        with _captures_after_edits(engine.pipeline.unet, captures):
+            image = engine.generate(session, replay=False)  # the hooks must see every step
     maps = FeatureMaps(session.width, session.height, {name: c.block_map(keep) for name, c in captures.items()})
     return image, maps
 

@@ -44,6 +44,20 @@ def test_capture_gives_the_same_pixels_and_leaves_no_hook(tiny_engine, painted_m
     assert maps.blocks[BLOCK].grid == (16, 16) and maps.blocks["mid_block.attentions.0"].grid == (8, 8)
 
 
+def test_capture_of_a_kept_outside_painting_reads_only_the_painted_run(tiny_engine):
+    """keep_outside needs the plain run; whether it is cached yet or not, the maps are those of the painted run."""
+    from paint_app.engine import Engine
+
+    fresh, warmed = (Engine(tiny_engine.model, tiny_engine.concepts) for _ in range(2))
+    session = painted(keep_outside=True)
+    warmed.generate(plain())
+    image, maps = explore.capture_feature_maps(fresh, session)
+    warm_image, warm_maps = explore.capture_feature_maps(warmed, session)
+    assert np.array_equal(np.asarray(image), np.asarray(warm_image))
+    for block in maps.blocks:
+        assert np.array_equal(maps.blocks[block].values, warm_maps.blocks[block].values), block
+
+
 def test_capture_with_guidance_reads_the_conditional_row(tiny_engine):
     image, maps = explore.capture_feature_maps(tiny_engine, plain(guidance=3.0, negative_prompt="blue"), [BLOCK])
     assert np.array_equal(np.asarray(image), np.asarray(tiny_engine.generate(plain(guidance=3.0,
