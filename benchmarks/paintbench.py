@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"header": header, "results": [asdict(r) for r in results],
                                          "summary": rows}, indent=1) + "\n")
     if args.card:
-        write_card_section(args.card, text, re.search(r"strength \S+, step range (\[[^]]*\]|all)(, outside kept)?", header).group(0))
+        tag = re.search(r"strength \S+, step range (\[[^]]*\]|all)(, outside kept)?", header).group(0)
+        write_card_section(args.card, text, tag)
     return 0
 
 

@@ -90,24 +90,25 @@ class Engine:
         with self.lock:
             start = time.perf_counter()
             embeds, cached = self.prompt_embeddings(session.prompt, session.negative_prompt, cfg)
-            generator = torch.Generator(device="cpu").manual_seed(session.seed)
             settings = (self.model.name, session.prompt, session.negative_prompt, session.seed, session.steps,
                         session.guidance, session.width, session.height)
-            replayable = plan.first_step(session.steps) if replay else 0
-            keep = session.keep_outside and bool(plan.edits)
-            latents: list[torch.Tensor] = []
-            on_step_end = self._recording(latents)  # a plain run is kept for later keep_outside repaints
-            if keep:
+            if not plan.edits:
+                plain = self._plain_run(session, settings, embeds, replay)
+                if replay:  # kept for later keep_outside repaints; with replay=False the caller's hooks may be on
+                    self._remember_unpainted(settings, plain)
+                return Generation(plain.image, time.perf_counter() - start, cached)
+            on_step_end = None
+            if session.keep_outside:
                 unpainted = self._unpainted_run(session, settings, embeds, replay)
                 cover = painted_cover(plan, tuple(unpainted.latents[-1].shape[-2:]))
                 on_step_end = self._keeping_outside(unpainted.latents, cover)
+            generator = torch.Generator(device="cpu").manual_seed(session.seed)
+            replayable = plan.first_step(session.steps) if replay else 0
             with torch.no_grad(), apply_plan(self.pipeline.unet, plan, cfg=cfg), \
                     self.step_cache.replaying(self.pipeline.unet, settings, replayable):
                 image = self._run(session, embeds, generator, "pil", on_step_end).images[0]
-            if keep:
+            if session.keep_outside:
                 image = paste_outside(image, unpainted.image, cover)
-            elif not plan.edits and replay:  # with replay=False the caller's own hooks may be on the UNet
-                self._remember_unpainted(settings, Unpainted(latents, image))
             return Generation(image, time.perf_counter() - start, cached)
 
     def _run(self, session: Session, embeds: dict, generator: torch.Generator, output_type: str, on_step_end=None):
@@ -117,18 +118,22 @@ class Engine:
                              width=session.width, height=session.height, generator=generator,
                              output_type=output_type, **extra)
 
-    def _unpainted_run(self, session: Session, settings: tuple, embeds: dict, replay: bool) -> Unpainted:
-        """The same settings with no layers (cached; the run also fills the step cache, so the painted run that
-        follows replays the steps before its first edit)."""
-        if settings in self._unpainted:
-            self._unpainted.move_to_end(settings)
-            return self._unpainted[settings]
+    def _plain_run(self, session: Session, settings: tuple, embeds: dict, replay: bool) -> Unpainted:
+        """The session's settings with no layers, recording the latents after each step (the run also fills the
+        step cache, so a painted run that follows replays the steps before its first edit)."""
         latents: list[torch.Tensor] = []
         generator = torch.Generator(device="cpu").manual_seed(session.seed)
         with torch.no_grad(), self.step_cache.replaying(self.pipeline.unet, settings,
                                                         session.steps if replay else 0):
             image = self._run(session, embeds, generator, "pil", self._recording(latents)).images[0]
-        return self._remember_unpainted(settings, Unpainted(latents, image))
+        return Unpainted(latents, image)
+
+    def _unpainted_run(self, session: Session, settings: tuple, embeds: dict, replay: bool) -> Unpainted:
+        """The plain run of the session's settings, from the cache or made now."""
+        if settings in self._unpainted:
+            self._unpainted.move_to_end(settings)
+            return self._unpainted[settings]
+        return self._remember_unpainted(settings, self._plain_run(session, settings, embeds, replay))
 
     def _remember_unpainted(self, settings: tuple, unpainted: Unpainted) -> Unpainted:
         self._unpainted[settings] = unpainted

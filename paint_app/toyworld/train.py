@@ -73,8 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--pooled-text", action=argparse.BooleanOptionalAction, default=True,
-                        help="also feed the pooled caption into the UNet's time embedding (--no-pooled-text: the "
-                             "architecture of the weights in assets/toy today)")
+                        help="also feed the pooled caption into the UNet's time embedding, as the shipped weights "
+                             "do (--no-pooled-text: the previous architecture)")
     parser.add_argument("--high-noise-from", type=int, default=1800,
                         help="UNet step from which timesteps lean to high noise")
     return parser.parse_args(argv)
