@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-outside", action="store_true",
                         help="sessions keep the image outside the mask on the unpainted run's latents (the app's "
                              "'keep the rest' option); leakage then measures what still gets through")
+    parser.add_argument("--feature-by", choices=("write", "read"), default="write",
+                        help="a concept's best feature: the labelled feature that best writes it (its write score, "
+                             "the default) or best reads it (its label score)")
     parser.add_argument("--blocks", nargs="*", help="only these blocks (default: every block with an SAE)")
     parser.add_argument("--concepts", nargs="*", help="only these concepts")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"header": header, "results": [asdict(r) for r in results],
                                          "summary": rows}, indent=1) + "\n")
     if args.card:
-        tag = re.search(r"strength \S+, step range (\[[^]]*\]|all)(, outside kept)?", header).group(0)
+        tag = re.search(r"strength \S+, step range (\[[^]]*\]|all)(, outside kept)?(, features by read score)?",
+                        header).group(0)
         write_card_section(args.card, text, tag)
     return 0
 
@@ -80,7 +84,8 @@ def run(args: argparse.Namespace):
     strength = profile.layer_strength if args.strength is None else args.strength
     step_range = profile.layer_step_range if args.step_range is None else tuple(args.step_range)
     step_range = step_range if step_range and step_range[1] > 0 else None
-    bench = Bench(Engine(loaded, concepts), Judges.load(), strength, args.k, step_range, args.keep_outside)
+    bench = Bench(Engine(loaded, concepts), Judges.load(), strength, args.k, step_range, args.keep_outside,
+                  args.feature_by)
     start = time.perf_counter()
     results = []
     for block in args.blocks or sorted(concepts.blocks):
@@ -91,7 +96,8 @@ def run(args: argparse.Namespace):
                   f"base {r.base_rate:.2f} leakage {r.leakage_feature:.3f} removal {r.removal}", flush=True)
     seconds = time.perf_counter() - start
     header = (f"PaintBench (toy), model {args.model}, K={args.k} scenes per concept, strength {strength}, "
-              f"step range {list(step_range) if step_range else 'all'}{', outside kept' if args.keep_outside else ''}, "
+              f"step range {list(step_range) if step_range else 'all'}{', outside kept' if args.keep_outside else ''}"
+              f"{', features by read score' if args.feature_by == 'read' else ''}, "
               f"{loaded.profile.steps} steps, "
               f"guidance {loaded.profile.guidance}; {seconds:.0f} s on {loaded.device}")
     return header, results

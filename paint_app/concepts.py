@@ -106,7 +106,10 @@ class ConceptLibrary:
         return tuple(layer.features), tuple(layer.features.values())
 
     def feature_rows(self, block: str | None = None, search: str | None = None) -> list[dict]:
-        """One row per feature (block, feature, label, score, source, frequency, sigma), optionally filtered."""
+        """One row per feature (block, feature, label, score, write, source, frequency, sigma), optionally filtered.
+
+        Search results come best first: by ``write`` (how well painting the feature writes its label) where the
+        labels measured it, else by ``score`` (how well its activation reads the label)."""
         if block is not None:
             self.get(block)
         words = [w for w in (search or "").lower().split() if w]
@@ -123,10 +126,11 @@ class ConceptLibrary:
                     continue
                 rows.append({"block": name, "feature": feature, "label": text,
                              "score": round(label.score, 4) if label else 0.0,
+                             "write": label.write if label else None,
                              "source": label.source if label else "", "frequency": frequency[feature],
                              "sigma": sigma[feature]})
         if words:
-            rows.sort(key=lambda row: -row["score"])
+            rows.sort(key=paint_rank)
         return rows
 
     def factor_rows(self, block: str | None = None, search: str | None = None) -> list[dict]:
@@ -142,6 +146,11 @@ class ConceptLibrary:
                 rows.append({"block": name, "factor": factor, "label": label,
                              "features": {str(f): round(w, 4) for f, w in list(top.items())[:8]}})
         return rows
+
+
+def paint_rank(row: dict) -> tuple[int, float]:
+    """Sort key of a feature row, best painter first: rows with a write score (by it), then the rest by score."""
+    return (0, -row["write"]) if row.get("write") is not None else (1, -row["score"])
 
 
 def _block_from_name(text: str) -> str:

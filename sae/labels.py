@@ -2,10 +2,12 @@
 
 ``labels.json`` beside an SAE::
 
-    {"version": 1, "labels": {"17": {"label": "red", "score": 0.83, "source": "ground-truth"}}}
+    {"version": 1, "labels": {"17": {"label": "red", "score": 0.83, "source": "ground-truth", "write": 0.71}}}
 
 ``source`` is one of ``ground-truth``, ``prompt-words``, ``user``. Labels a user edited by hand are kept
-when labels are computed again.
+when labels are computed again. An optional ``write`` says how well *painting* the feature writes its label,
+as ground truth can measure it: the cosine between the feature's painted direction (sigma_f d_f) and the
+concept's mean difference at the block. A feature can read a concept well (its score) and write it poorly.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Label:
     label: str
     score: float = 0.0
     source: str = "user"
+    write: float | None = None  # how well painting the feature writes its label, where ground truth measured it
 
 
 def load_labels(folder: str | Path) -> dict[int, Label]:
@@ -39,7 +42,8 @@ def load_labels(folder: str | Path) -> dict[int, Label]:
     try:
         data = json.loads(file.read_text())
         entries = data["labels"]
-        return {int(key): Label(str(v["label"]), float(v.get("score", 0.0)), str(v.get("source", "user")))
+        return {int(key): Label(str(v["label"]), float(v.get("score", 0.0)), str(v.get("source", "user")),
+                                None if v.get("write") is None else float(v["write"]))
                 for key, v in entries.items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise SAEError(f"'{file}' is not a valid labels file ({exc!r}); expected "
@@ -50,11 +54,18 @@ def save_labels(folder: str | Path, labels: dict[int, Label]) -> None:
     for feature, label in labels.items():
         if label.source not in SOURCES:
             raise SAEError(f"label source of feature {feature} is {label.source!r}; allowed: {', '.join(SOURCES)}")
-    payload = {"version": 1, "labels": {str(f): asdict(labels[f]) for f in sorted(labels)}}
+    payload = {"version": 1, "labels": {str(f): _entry(labels[f]) for f in sorted(labels)}}
     file = Path(folder) / LABELS_NAME
     tmp = file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     tmp.replace(file)
+
+
+def _entry(label: Label) -> dict:
+    entry = asdict(label)
+    if entry["write"] is None:
+        del entry["write"]
+    return entry
 
 
 # ----------------------------------------------------------------------------------------------------------------

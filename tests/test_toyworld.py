@@ -153,19 +153,26 @@ def test_judges_are_accurate_on_fresh_ground_truth_renders():
 
 
 def test_painting_red_on_the_left_half_of_a_blue_square(toy):
-    """The product's claim on real weights: the toy's red concept (the factor fitted from ground truth on the
-    block PaintBench found best for colour, at the model's recommended layer settings) paints the left half;
-    with the rest of the image kept (the app's default) the right half beyond one latent cell is the plain
-    image's, pixel for pixel."""
+    """The product's claim on real weights, with the toy's red concepts of the block PaintBench found best for
+    colour: its fitted `red` factor at the model's recommended layer settings, with and without keeping the
+    rest of the image, and its best-writing red *feature* (the issue's "best red feature") at twice the
+    recommended strength with the rest kept (at the recommended strength it paints orange or yellow). The left
+    half turns red; with the rest of the image kept (the app's default) the right half beyond one latent cell
+    is the plain image's, pixel for pixel."""
     from paint_app.concepts import ConceptLibrary
     from paint_app.engine import Engine
     from paint_app.session import Layer, Mask, Session
+    from paint_app.toyworld.bench import best_feature
 
     concepts = ConceptLibrary.load([], toy.profile)
     summary = json.loads((TOY_DIR / "paintbench.json").read_text())["summary"]
     block = max(summary, key=lambda row: row["colour_factor"] or 0)["block"]
-    red = concepts.blocks[block].factors.labels.index("red")
+    red_factor = concepts.blocks[block].factors.labels.index("red")
+    red_feature = best_feature(concepts, block, "red")[0]
     assert toy.profile.layer_step_range is not None  # the app's defaults for a new layer, from paint_app.json
+    strength, steps = toy.profile.layer_strength, toy.profile.layer_step_range
+    paints = [({"factor": red_factor}, strength, False), ({"factor": red_factor}, strength, True),
+              ({"feature": red_feature}, 2 * strength, True)]
     engine = Engine(toy, concepts)
     judges = Judges.load()
     left = np.zeros((64, 64), bool)
@@ -175,14 +182,59 @@ def test_painting_red_on_the_left_half_of_a_blue_square(toy):
                           guidance=toy.profile.guidance)
         before = np.asarray(engine.generate(session).convert("RGB")).astype(int)
         assert judges.colour(before, left)[0] != "red"
-        session.layers = [Layer(block=block, mask=Mask(rects=[[0, 0, 32, 64]]), factor=red,
-                                strength=toy.profile.layer_strength, step_range=toy.profile.layer_step_range)]
-        for keep in (False, True):
+        for concept, layer_strength, keep in paints:
+            session.layers = [Layer(block=block, mask=Mask(rects=[[0, 0, 32, 64]]), strength=layer_strength,
+                                    step_range=steps, **concept)]
             session.keep_outside = keep
             after = np.asarray(engine.generate(session).convert("RGB")).astype(int)
-            assert judges.colour(after, left)[0] == "red", (seed, keep, judges.colour(after, left))
-            assert colour_fractions(after, ~left)["red"] < 0.05, (seed, keep)  # hardly a red pixel on the right
-        assert np.array_equal(after[:, 36:], before[:, 36:]), seed
+            assert judges.colour(after, left)[0] == "red", (seed, concept, keep, judges.colour(after, left))
+            assert colour_fractions(after, ~left)["red"] < 0.05, (seed, concept)  # hardly a red pixel on the right
+            if keep:
+                assert np.array_equal(after[:, 36:], before[:, 36:]), (seed, concept)
+
+
+def test_shipped_labels_say_how_well_each_feature_writes_and_search_ranks_by_it(toy):
+    from paint_app.concepts import ConceptLibrary
+
+    concepts = ConceptLibrary.load([], toy.profile)
+    for entry in concepts.blocks.values():
+        truth = [label for label in entry.labels.values() if label.source == "ground-truth"]
+        assert truth and all(label.write is not None and -1 <= label.write <= 1 for label in truth)
+    rows = concepts.feature_rows(search="red")
+    assert rows and all(row["label"] == "red" for row in rows)
+    writes = [row["write"] for row in rows]
+    assert writes == sorted(writes, reverse=True)
+
+
+def test_write_scores_are_the_cosine_of_the_painted_direction_with_the_concept(toy):
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.toyworld.labels import write_scores
+
+    sae = ConceptLibrary.load([], toy.profile).blocks["up_blocks.1.attentions.0"].sae
+    atoms = sae.W_dec * sae.feature_mean[:, None]
+    differences = torch.stack([3 * atoms[7], -atoms[7], atoms[2] + atoms[9]]).detach()
+    scores = write_scores(sae, differences)
+    assert scores.shape == (sae.n_features, 3)
+    assert scores[7, 0] == pytest.approx(1, abs=1e-5) and scores[7, 1] == pytest.approx(-1, abs=1e-5)
+    assert scores[:, 0].argmax() == 7 and scores[:, 1].argmin() == 7
+
+
+def test_paintbench_paints_the_labelled_feature_that_writes_best_or_reads_best(toy):
+    from paint_app.concepts import BlockConcepts, ConceptLibrary
+    from paint_app.toyworld.bench import best_feature
+    from sae.labels import Label
+
+    sae = ConceptLibrary.load([], toy.profile).blocks["up_blocks.1.attentions.0"].sae
+    labels = {1: Label("red", 0.9, "ground-truth", 0.2), 2: Label("red", 0.5, "ground-truth", 0.8),
+              3: Label("blue", 0.95, "ground-truth", 0.99)}
+    library = ConceptLibrary({"b": BlockConcepts("b", sae, "test", labels)})
+    assert best_feature(library, "b", "red") == (2, 0.5, 0.8)
+    assert best_feature(library, "b", "red", by="read") == (1, 0.9, 0.2)
+    assert best_feature(library, "b", "green") == (None, 0.0, None)
+    labels[2] = Label("red", 0.5, "user")  # labels without write scores: the best reader
+    assert best_feature(library, "b", "red")[0] == 1
+    with pytest.raises(ValueError, match="allowed: write, read"):
+        best_feature(library, "b", "red", by="loudest")
 
 
 # ----------------------------------------------------------------------------------------------------------------

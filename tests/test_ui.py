@@ -279,6 +279,23 @@ def test_mask_upload_adapts_odd_pictures_and_refuses_non_images(app, state, tmp_
     assert state.layers[0].mask.min() > 0.9 and set(result) == {"status"}
 
 
+def test_palette_lists_the_best_painters_first_with_their_write_scores(app, state):
+    from sae.labels import Label
+
+    labels = app.engine.concepts.blocks[BLOCK].labels
+    saved = dict(labels)
+    try:
+        for feature, write in ((1, 0.3), (3, 0.9), (5, 0.5)):
+            labels[feature] = Label("blue thing", 1.0 - write, "ground-truth", write)
+        rows = app.search(state, "blue", BLOCK, "features")["palette_table"]
+        assert [(row[2], row[5]) for row in rows] == [(3, "0.90"), (5, "0.50"), (1, "0.30")]
+    finally:
+        labels.clear()
+        labels.update(saved)
+    rows = app.search(state, "blue", BLOCK, "features")["palette_table"]
+    assert rows and all(row[5] == "" for row in rows)  # labels without write scores show none
+
+
 def test_palette_search_pick_and_preview(app, state):
     result = app.search(state, "blue", "all blocks", "features")
     assert {row[1] for row in result["palette_table"]} == {BLOCK, MID}
@@ -328,7 +345,7 @@ def test_factor_weights_are_edited_and_saved_as_a_concept(app, state):
     app.save_factor(state, key, edited, "my mix")
     assert state.custom == [{"name": "my mix", "block": BLOCK, "features": {rows[0][0]: 2.0}}]
     listed = app.search(state, "mix", "all blocks", "mine")["palette_table"]
-    assert listed == [["mine", BLOCK, 0, "my mix", ""]]
+    assert listed == [["mine", BLOCK, 0, "my mix", "", ""]]
     app.pick_concept(state, listed[0], True)
     assert state.layers[0].concept == {"features": {rows[0][0]: 2.0}}
 

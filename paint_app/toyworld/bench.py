@@ -1,7 +1,7 @@
 """PaintBench on the toy model: does painting a concept put it inside the mask, and nowhere else?
 
 For each labelled colour, texture and shape concept and each block with an SAE: on K held-out scenes whose
-caption lacks the concept, paint the concept's best feature (highest ground-truth score) and its best factor into
+caption lacks the concept, paint the concept's best feature and its best factor into
 a random rectangle (sides 24 or 32 px, on the 8-px grid of the coarsest block) at the given strength, and judge:
 - success: the concept is judged present inside the mask (``Judges``: colour, texture or shape of the region);
 - base rate: the same judgement on the unpainted image (what success would be by chance);
@@ -9,6 +9,9 @@ a random rectangle (sides 24 or 32 px, on the 8-px grid of the coarsest block) a
   Euclidean distance, 0-255 scale) between the unpainted and the painted image (same seed); also reported beyond
   ``EDGE_PX`` pixels of the mask (one latent cell: the VAE decoder spreads a painted edge by a few pixels, so
   this separates the blur at the edge from changes elsewhere in the picture);
+The best feature is, among the features labelled with the concept, the one that best *writes* it (highest
+``write`` score: its painted direction closest to the concept's mean difference), or with ``feature_by="read"``
+the one that best reads it (highest label score, its activation map closest to the concept's map).
 - removal (erase mode): on scenes whose caption names the concept and whose unpainted image shows it, erase the
   best feature over the object (its region dilated to the 4-px grid); removal is the concept judged gone there.
 """
@@ -31,6 +34,7 @@ BENCH_SEED_BASE = 50_000_000
 LEAK_THRESHOLD = 40.0
 EDGE_PX = 4
 PAINTED_KINDS = ("colour", "texture", "shape")
+FEATURE_CHOICES = ("write", "read")
 
 
 @dataclass
@@ -51,15 +55,21 @@ class Result:
     n_erase: int
     far_leakage_feature: float | None = None  # beyond EDGE_PX of the mask
     far_leakage_factor: float | None = None
+    feature_write: float | None = None  # the painted feature's write score (None where labels have none)
 
 
-def best_feature(concepts, block: str, concept: str) -> tuple[int | None, float]:
+def best_feature(concepts, block: str, concept: str, by: str = "write") -> tuple[int | None, float, float | None]:
+    """(feature, its label score, its write score) of the concept's best labelled feature, chosen ``by`` its
+    write score (falling back to the label score where labels have no write scores) or its label score."""
+    if by not in FEATURE_CHOICES:
+        raise ValueError(f"feature choice is {by!r}; allowed: {', '.join(FEATURE_CHOICES)}")
     entry = concepts.blocks[block]
-    scored = [(label.score, f) for f, label in entry.labels.items() if label.label == concept]
-    if not scored:
-        return None, 0.0
-    score, feature = max(scored)
-    return feature, score
+    labelled = [(f, label) for f, label in entry.labels.items() if label.label == concept]
+    if not labelled:
+        return None, 0.0, None
+    writes = by == "write" and all(label.write is not None for _, label in labelled)
+    feature, label = max(labelled, key=lambda item: (item[1].write if writes else item[1].score, -item[0]))
+    return feature, label.score, label.write
 
 
 def best_factor(concepts, block: str, concept: str) -> int | None:
@@ -113,8 +123,10 @@ def leakage(base: np.ndarray, painted: np.ndarray, mask: np.ndarray, margin: int
 
 class Bench:
     def __init__(self, engine: Engine, judges: Judges, strength: float, k: int,
-                 step_range: tuple[int, int] | None = None, keep_outside: bool = False) -> None:
+                 step_range: tuple[int, int] | None = None, keep_outside: bool = False,
+                 feature_by: str = "write") -> None:
         self.engine = engine
+        self.feature_by = feature_by
         self.step_range = step_range
         self.judges = judges
         self.strength = strength
@@ -138,7 +150,7 @@ class Bench:
 
     def run_concept(self, block: str, concept: str) -> Result:
         kind = CONCEPT_KIND[concept]
-        feature, score = best_feature(self.engine.concepts, block, concept)
+        feature, score, write = best_feature(self.engine.concepts, block, concept, self.feature_by)
         factor = best_factor(self.engine.concepts, block, concept)
         rng = np.random.default_rng([BENCH_SEED_BASE, concepts_to_paint().index(concept)])
         hits = {"feature": [], "factor": [], "base": []}
@@ -163,7 +175,8 @@ class Bench:
         removal, n_erase = self.erase(block, concept, feature) if feature is not None else (None, 0)
         return Result(block, concept, kind, feature, score, factor, mean(hits["feature"]) or 0.0,
                       mean(hits["factor"]), mean(hits["base"]) or 0.0, mean(leaks["feature"]) or 0.0,
-                      mean(leaks["factor"]), removal, self.k, n_erase, mean(far["feature"]), mean(far["factor"]))
+                      mean(leaks["factor"]), removal, self.k, n_erase, mean(far["feature"]), mean(far["factor"]),
+                      write)
 
     def erase(self, block: str, concept: str, feature: int) -> tuple[float | None, int]:
         kind = CONCEPT_KIND[concept]
@@ -196,10 +209,11 @@ def fmt(value: float | None) -> str:
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| block | concept | feature (score) | success feature | success factor | base rate | leakage feature "
+    lines = ["| block | concept | feature (score, write) | success feature | success factor | base rate | leakage feature "
              "| leakage factor | removal (erase) |", "|" + "---|" * 9]
     for r in results:
-        feature = "-" if r.feature is None else f"{r.feature} ({r.feature_score:.2f})"
+        write = "" if r.feature_write is None else f", {r.feature_write:.2f}"
+        feature = "-" if r.feature is None else f"{r.feature} ({r.feature_score:.2f}{write})"
         removal = "-" if r.removal is None else f"{fmt(r.removal)} of {r.n_erase}"
         has_feature = r.feature is not None
         lines.append(f"| {r.block} | {r.concept} | {feature} | {fmt(r.success_feature if has_feature else None)} | "

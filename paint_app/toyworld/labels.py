@@ -4,7 +4,9 @@ Rendered scenes are encoded by the VAE, noised to each timestep the default samp
 the UNet with their full caption; the block's site value is encoded by the SAE. Each feature's activation map is
 compared with every concept's ground-truth map (the fraction of each grid cell the concept covers) by Pearson
 correlation over all cells, scenes and timesteps; its label is the best-matching concept, its score that
-correlation. Written to the SAE's ``labels.json`` with ``source: "ground-truth"`` (labels a user wrote are kept);
+correlation (how well the feature *reads* the concept). Its ``write`` is how well painting it writes that concept:
+the cosine between its painted direction sigma_f d_f and the concept's mean difference at the block (where the
+concept is minus everywhere else); PaintBench and the palette's search pick features by it. Written to the SAE's ``labels.json`` with ``source: "ground-truth"`` (labels a user wrote are kept);
 factors get the label of the concept their summed activation matches best.
 
 ``python -m paint_app.toyworld.labels assets/toy/saes/<block> [--model toy] [--scenes 300]``
@@ -171,13 +173,26 @@ def concept_factors(sae: SAE, differences: torch.Tensor, max_features: int = 16)
     return rows.float()
 
 
-def best_labels(correlation: torch.Tensor, active: torch.Tensor) -> dict[int, Label]:
-    """Each active row's best concept, with its correlation as the score (rows with no positive match skipped)."""
+def write_scores(sae: SAE, differences: torch.Tensor) -> torch.Tensor:
+    """[n_features, n_concepts]: cosine of each feature's painted direction sigma_f d_f with each concept's mean
+    difference, i.e. how much painting the feature moves the block's activations towards the concept."""
+    with torch.no_grad():
+        atoms = (sae.W_dec * sae.feature_mean[:, None]).float()
+        differences = differences.float()
+        return (atoms @ differences.T) / (atoms.norm(dim=1)[:, None] * differences.norm(dim=1)[None]).clamp_min(1e-12)
+
+
+def best_labels(correlation: torch.Tensor, active: torch.Tensor,
+                writes: torch.Tensor | None = None) -> dict[int, Label]:
+    """Each active row's best concept, with its correlation as the score (rows with no positive match skipped)
+    and, given ``writes`` [rows, concepts], the row's write score for that concept."""
     score, concept = correlation.max(1)
     labels = {}
     for row in range(correlation.shape[0]):
         if bool(active[row]) and float(score[row]) > 0:
-            labels[row] = Label(CONCEPTS[int(concept[row])][1], round(float(score[row]), 4), "ground-truth")
+            j = int(concept[row])
+            write = None if writes is None else round(float(writes[row, j]), 4)
+            labels[row] = Label(CONCEPTS[j][1], round(float(score[row]), 4), "ground-truth", write)
     return labels
 
 
@@ -197,7 +212,8 @@ def label_sae(pipe, folder: Path, n_scenes: int = 300, steps: int = 8) -> dict:
         factors = Factors(factors.weights[kept], [factors.labels[i] for i in kept]) if kept else None
     feature_corr, factor_corr, differences = ground_truth_correlations(
         pipe, sae, block, n_scenes, steps, factor_weights=factors.weights if factors is not None else None)
-    labels = best_labels(feature_corr, sae.feature_frequency > 0)
+    writes = write_scores(sae, differences)
+    labels = best_labels(feature_corr, sae.feature_frequency > 0, writes)
     kept_labels = {f: label for f, label in load_labels(folder).items() if label.source == "user"}
     save_labels(folder, {**labels, **kept_labels})
     weights, names = [], []
@@ -213,7 +229,10 @@ def label_sae(pipe, folder: Path, n_scenes: int = 300, steps: int = 8) -> dict:
     best = {}
     for j, (kind, name) in enumerate(CONCEPTS):
         feature = int(feature_corr[:, j].argmax())
+        writer = max((f for f, label in labels.items() if label.label == name), key=lambda f: labels[f].write,
+                     default=None)
         best[name] = {"kind": kind, "feature": feature, "score": round(float(feature_corr[feature, j]), 4),
+                      "writing_feature": writer, "write": None if writer is None else labels[writer].write,
                       "fitted_factor_strength_for_mean_difference": round(float(scale[j]), 3)}
     summary = {"block": block, "scenes": n_scenes, "steps": steps, "labelled": len(labels), "best": best}
     (folder / "ground_truth.json").write_text(json.dumps(summary, indent=1) + "\n")
