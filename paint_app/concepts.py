@@ -105,6 +105,26 @@ class ConceptLibrary:
             entry.sae.check_feature(feature, f"{where}.features key")
         return tuple(layer.features), tuple(layer.features.values())
 
+    def first_concept(self, profile: ModelProfile | None = None) -> dict | None:
+        """What a new layer paints when nothing is picked: ``{"block", "concept", "label"}``.
+
+        The model's own choice (``layer_defaults.concept`` in its ``paint_app.json``) when those SAEs are loaded
+        and have it; else the feature that best reads its label; None without SAEs."""
+        wanted = profile.layer_concept if profile is not None else None
+        entry = self.blocks.get(wanted["block"]) if wanted else None
+        if entry is not None and "factor" in wanted and entry.factors is not None \
+                and wanted["factor"] in entry.factors.labels:
+            factor = entry.factors.labels.index(wanted["factor"])
+            return {"block": entry.block, "concept": {"factor": factor}, "label": wanted["factor"]}
+        if entry is not None and "feature" in wanted and wanted["feature"] < entry.sae.n_features:
+            feature = wanted["feature"]
+            return {"block": entry.block, "concept": {"feature": feature}, "label": entry.label(feature)}
+        rows = self.feature_rows()
+        if not rows:
+            return None
+        best = max(rows, key=lambda r: r["score"])
+        return {"block": best["block"], "concept": {"feature": best["feature"]}, "label": best["label"]}
+
     def feature_rows(self, block: str | None = None, search: str | None = None) -> list[dict]:
         """One row per feature (block, feature, label, score, write, source, frequency, sigma), optionally filtered.
 

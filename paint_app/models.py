@@ -41,6 +41,7 @@ class ModelProfile:
     sae_dir: Path | None = None  # a folder whose subfolders are SAEs shipped with the model
     layer_strength: float = 4.0  # what a new layer in the app starts with
     layer_step_range: tuple[int, int] | None = None
+    layer_concept: dict | None = None  # {"block", and "factor" (a factor's label) or "feature" (an index)}
 
     def block(self, name: str) -> BlockProfile:
         for block in self.blocks:
@@ -132,9 +133,11 @@ def profile_for(name: str, pipe) -> ModelProfile:
     if sae_dir is None and name == "toy":
         sae_dir = TOY_DIR / "saes"
     steps = int(defaults.get("steps", 1 if turbo else 30))
-    strength, step_range = _layer_defaults(defaults.get("layer_defaults") or {}, steps, root)
+    layer_values = defaults.get("layer_defaults") or {}
+    strength, step_range = _layer_defaults(layer_values, steps, root)
+    concept = _layer_concept(layer_values.get("concept"), root)
     return ModelProfile(name, family, width, height, steps, float(defaults.get("guidance", 0.0 if turbo else 7.5)),
-                        tuple(chosen), sae_dir, strength, step_range)
+                        tuple(chosen), sae_dir, strength, step_range, concept)
 
 
 def _layer_defaults(values: dict, steps: int, root: Path) -> tuple[float, tuple[int, int] | None]:
@@ -152,6 +155,24 @@ def _layer_defaults(values: dict, steps: int, root: Path) -> tuple[float, tuple[
     except SessionError as exc:
         raise ModelError(str(exc)) from None
     return strength, step_range
+
+
+def _layer_concept(value, root: Path) -> dict | None:
+    """``layer_defaults.concept`` of ``paint_app.json``: what the app's first layer paints, as
+    ``{"block": ..., "factor": "<a factor's label>"}`` or ``{"block": ..., "feature": <index>}``."""
+    if value is None:
+        return None
+    where = f"'{root / 'paint_app.json'}': layer_defaults.concept"
+    allowed = 'allowed: {"block": "<block name>", "factor": "<factor label>"} or {"block": ..., "feature": <index>}'
+    if not isinstance(value, dict) or not isinstance(value.get("block"), str) or \
+            len(value) != 2 or not ("factor" in value or "feature" in value):
+        raise ModelError(f"{where} is {value!r}; {allowed}")
+    if "factor" in value and not (isinstance(value["factor"], str) and value["factor"]):
+        raise ModelError(f"{where}.factor is {value['factor']!r}; allowed: a factor's label (text)")
+    if "feature" in value and (not isinstance(value["feature"], int) or isinstance(value["feature"], bool)
+                               or value["feature"] < 0):
+        raise ModelError(f"{where}.feature is {value['feature']!r}; allowed: a feature index (an integer >= 0)")
+    return dict(value)
 
 
 def _read_defaults(root: Path) -> dict:

@@ -209,10 +209,9 @@ class PaintApp:
         state.settings = settings
         state.base = self.engine.generate(settings)
         state.output = state.base
-        rows = self.engine.concepts.feature_rows()
-        if rows and not state.layers:
-            best = max(rows, key=lambda r: r["score"])
-            self._add_layer(state, best["block"], {"feature": best["feature"]}, best["label"])
+        first = self.engine.concepts.first_concept(self.profile)
+        if first is not None and not state.layers:
+            self._add_layer(state, first["block"], dict(first["concept"]), first["label"])
         notes.info("Paint on the canvas: the image on the right follows your strokes.")
         return {**self.whole_view(state, notes), **self.settings_view(settings), "timing": "",
                 "prompt_notes": self.prompt_notes(settings.prompt, Notes(), quiet=True),
@@ -366,11 +365,7 @@ class PaintApp:
         if not self.engine.concepts.blocks:
             notes.warn("No SAEs are loaded, so there are no concepts to paint; start the app with --sae PATH.")
             return {"status": notes.text()}
-        if state.selected is not None:
-            chosen = state.selected
-        else:
-            row = max(self.engine.concepts.feature_rows(), key=lambda r: r["score"])
-            chosen = {"block": row["block"], "concept": {"feature": row["feature"]}, "label": row["label"]}
+        chosen = state.selected if state.selected is not None else self.engine.concepts.first_concept(self.profile)
         layer = self._add_layer(state, chosen["block"], dict(chosen["concept"]), chosen.get("label", ""))
         notes.info(f"New layer '{layer.name}': paint it on the canvas.")
         return {"state": state, "editor": self.editor(state), **self.panel(state), "status": notes.text()}

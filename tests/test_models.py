@@ -93,10 +93,16 @@ def test_load_model_by_name_and_from_a_saved_folder(tmp_path):
 
 
 @pytest.mark.parametrize("layer_defaults, expected", [
-    ({"strength": 16, "step_range": [1, 3]}, (16.0, (1, 3))),
+    ({"strength": 16, "step_range": [1, 3]}, (16.0, (1, 3), None)),
     ({"strength": 500}, "layer_defaults.strength is 500; allowed: a finite number from -100 to 100"),
     ({"step_range": [2, 9]}, "layer_defaults.step_range is \\[2, 9\\]; allowed: .* <= steps \\(3\\)"),
     ({"step_range": [True, 3]}, "layer_defaults.step_range is \\[True, 3\\]; allowed: .* <= steps \\(3\\)"),
+    ({"concept": {"block": "b", "factor": "blue"}}, (4.0, None, {"block": "b", "factor": "blue"})),
+    ({"concept": {"block": "b", "feature": 7}}, (4.0, None, {"block": "b", "feature": 7})),
+    ({"concept": "blue"}, "layer_defaults.concept is 'blue'; allowed: \\{\"block\""),
+    ({"concept": {"block": "b", "factor": "x", "feature": 1}}, "layer_defaults.concept is .*; allowed:"),
+    ({"concept": {"block": "b", "factor": 3}}, "layer_defaults.concept.factor is 3; allowed: a factor's label"),
+    ({"concept": {"block": "b", "feature": -1}}, "layer_defaults.concept.feature is -1; allowed: a feature index"),
 ])
 def test_a_model_folder_sets_the_defaults_of_new_layers(tmp_path, layer_defaults, expected):
     load_model("tiny-random-sd", device="cpu").pipeline.save_pretrained(tmp_path / "pipe")
@@ -106,7 +112,7 @@ def test_a_model_folder_sets_the_defaults_of_new_layers(tmp_path, layer_defaults
             load_model(str(tmp_path / "pipe"), device="cpu")
     else:
         profile = load_model(str(tmp_path / "pipe"), device="cpu").profile
-        assert (profile.layer_strength, profile.layer_step_range) == expected
+        assert (profile.layer_strength, profile.layer_step_range, profile.layer_concept) == expected
 
 
 def test_derived_profile_lists_every_transformer_block():

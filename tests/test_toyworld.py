@@ -193,6 +193,38 @@ def test_painting_red_on_the_left_half_of_a_blue_square(toy):
                 assert np.array_equal(after[:, 36:], before[:, 36:]), (seed, concept)
 
 
+def test_the_app_opens_on_the_toy_with_a_layer_that_paints(toy, tmp_path):
+    """A newcomer's first stroke must do something: the toy's first layer is the concept its paint_app.json
+    names (the fitted blue factor, which PaintBench measured painting blue on every scene), and painted on the
+    app's default prompt it turns the region blue."""
+    import warnings
+
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.engine import Engine
+    from paint_app.session import Layer, Mask
+    from paint_app.toyworld.bench import rect_mask
+    from paint_app.ui import PaintApp
+
+    engine = Engine(toy, ConceptLibrary.load([], toy.profile))
+    app = PaintApp(engine, tmp_path)
+    state = app.new_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app.start(state)
+    layer = state.layers[0]
+    factors = engine.concepts.blocks[layer.block].factors
+    assert "factor" in layer.concept and factors.labels[layer.concept["factor"]] == "blue" and layer.name == "blue"
+    session = app.default_settings()
+    assert not session.layers
+    before = np.asarray(engine.generate(session).convert("RGB"))
+    for rect in ([0, 0, 32, 32], [32, 32, 64, 64]):
+        session.layers = [Layer(block=layer.block, mask=Mask(rects=[rect]), strength=layer.strength,
+                                step_range=layer.step_range, **layer.concept)]
+        after = np.asarray(engine.generate(session).convert("RGB"))
+        assert Judges.load().colour(before, rect_mask(rect))[0] != "blue"
+        assert Judges.load().colour(after, rect_mask(rect))[0] == "blue", rect
+
+
 def test_shipped_labels_say_how_well_each_feature_writes_and_search_ranks_by_it(toy):
     from paint_app.concepts import ConceptLibrary
 

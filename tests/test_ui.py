@@ -440,6 +440,34 @@ def test_sessions_name_saes_unless_they_ship_with_the_model(app, tiny_sae_paths)
     assert shipped.sae_sources() == []
 
 
+@pytest.mark.parametrize("wanted, expected", [
+    ({"block": BLOCK, "factor": "factor 2"}, (BLOCK, {"factor": 2}, "factor 2")),
+    ({"block": MID, "feature": 1}, (MID, {"feature": 1}, "blue thing")),
+    ({"block": "up_blocks.9.attentions.0", "factor": "factor 2"}, None),  # its SAE is not loaded
+    ({"block": BLOCK, "factor": "no such label"}, None),
+    ({"block": BLOCK, "feature": 10_000}, None),
+])
+def test_the_first_layer_paints_the_models_chosen_concept_if_it_is_loaded(tiny_engine, tmp_path, wanted, expected):
+    import copy
+    import dataclasses
+
+    engine = copy.copy(tiny_engine)
+    profile = dataclasses.replace(tiny_engine.model.profile, layer_concept=wanted)
+    engine.model = dataclasses.replace(tiny_engine.model, profile=profile)
+    app = PaintApp(engine, tmp_path)
+    state = app.new_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app.start(state)
+    if expected is None:  # else the feature that best reads its label, as without a choice
+        best = max(engine.concepts.feature_rows(), key=lambda r: r["score"])
+        expected = (best["block"], {"feature": best["feature"]}, best["label"])
+    layer = state.layers[0]
+    assert (layer.block, layer.concept, layer.name) == expected
+    app.add_layer(state)
+    assert (state.layers[1].block, state.layers[1].concept) == expected[:2]
+
+
 def test_new_layers_start_with_the_models_layer_defaults(tiny_engine, tmp_path):
     import copy
     import dataclasses
