@@ -440,6 +440,22 @@ def test_sessions_name_saes_unless_they_ship_with_the_model(app, tiny_sae_paths)
     assert shipped.sae_sources() == []
 
 
+def started_with_profile(tiny_engine, tmp_path, **changes) -> tuple[PaintApp, TabState]:
+    """An app on a copy of the tiny engine whose model profile has ``changes``, and a tab it has started."""
+    import copy
+    import dataclasses
+
+    engine = copy.copy(tiny_engine)
+    engine.model = dataclasses.replace(tiny_engine.model,
+                                       profile=dataclasses.replace(tiny_engine.model.profile, **changes))
+    app = PaintApp(engine, tmp_path)
+    state = app.new_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app.start(state)
+    return app, state
+
+
 @pytest.mark.parametrize("wanted, expected", [
     ({"block": BLOCK, "factor": "factor 2"}, (BLOCK, {"factor": 2}, "factor 2")),
     ({"block": MID, "feature": 1}, (MID, {"feature": 1}, "blue thing")),
@@ -448,17 +464,8 @@ def test_sessions_name_saes_unless_they_ship_with_the_model(app, tiny_sae_paths)
     ({"block": BLOCK, "feature": 10_000}, None),
 ])
 def test_the_first_layer_paints_the_models_chosen_concept_if_it_is_loaded(tiny_engine, tmp_path, wanted, expected):
-    import copy
-    import dataclasses
-
-    engine = copy.copy(tiny_engine)
-    profile = dataclasses.replace(tiny_engine.model.profile, layer_concept=wanted)
-    engine.model = dataclasses.replace(tiny_engine.model, profile=profile)
-    app = PaintApp(engine, tmp_path)
-    state = app.new_state()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        app.start(state)
+    app, state = started_with_profile(tiny_engine, tmp_path, layer_concept=wanted)
+    engine = app.engine
     if expected is None:  # else the feature that best reads its label, as without a choice
         best = max(engine.concepts.feature_rows(), key=lambda r: r["score"])
         expected = (best["block"], {"feature": best["feature"]}, best["label"])
@@ -469,17 +476,7 @@ def test_the_first_layer_paints_the_models_chosen_concept_if_it_is_loaded(tiny_e
 
 
 def test_new_layers_start_with_the_models_layer_defaults(tiny_engine, tmp_path):
-    import copy
-    import dataclasses
-
-    engine = copy.copy(tiny_engine)
-    profile = dataclasses.replace(tiny_engine.model.profile, layer_strength=16.0, layer_step_range=(1, 3))
-    engine.model = dataclasses.replace(tiny_engine.model, profile=profile)
-    app = PaintApp(engine, tmp_path)
-    state = app.new_state()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        app.start(state)
+    app, state = started_with_profile(tiny_engine, tmp_path, layer_strength=16.0, layer_step_range=(1, 3))
     assert (state.layers[0].strength, state.layers[0].step_range) == (16.0, (1, 3))
     app.generate(state, "a red circle", "", 0, 2, 0, 64, 64)  # 2 steps: the default range no longer fits
     app.add_layer(state)
