@@ -193,6 +193,38 @@ def test_painting_red_on_the_left_half_of_a_blue_square(toy):
                 assert np.array_equal(after[:, 36:], before[:, 36:]), (seed, concept)
 
 
+@pytest.mark.parametrize("name", ["red_feature_left_half", "red_factor_left_half"])
+def test_the_shipped_red_sessions_render_red_on_the_left_only(toy, tmp_path, name):
+    """The issue's check from the command line: `paint-app render` of a shipped session that paints the best red
+    feature (the best-writing one, strength 32) or the fitted red factor (strength 16) on the left half of `a
+    blue square` turns the left half red; the rest of the image is kept, so beyond one latent cell the right
+    half is the plain render's, pixel for pixel."""
+    from paint_app.cli import main as paint_app_main
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.toyworld.bench import best_feature
+
+    file = TOY_DIR / "sessions" / f"{name}.json"
+    data = json.loads(file.read_text())
+    (layer,) = data["layers"]
+    entry = ConceptLibrary.load([], toy.profile).blocks[layer["block"]]
+    if "feature" in layer:
+        assert layer["feature"] == best_feature(ConceptLibrary({layer["block"]: entry}), layer["block"], "red")[0]
+    else:
+        assert entry.factors.labels[layer["factor"]] == "red"
+    assert data["keep_outside"] is True and layer["mask"] == {"rects": [[0, 0, 32, 64]]}
+    plain_file = tmp_path / "plain.json"
+    plain_file.write_text(json.dumps({**data, "layers": []}))
+    for session, out in ((file, tmp_path / "painted.png"), (plain_file, tmp_path / "plain.png")):
+        assert paint_app_main(["render", str(session), "--out", str(out), "--device", "cpu"]) == 0
+    painted = np.asarray(Image.open(tmp_path / "painted.png").convert("RGB")).astype(int)
+    plain = np.asarray(Image.open(tmp_path / "plain.png").convert("RGB")).astype(int)
+    left = np.zeros((64, 64), bool)
+    left[:, :32] = True
+    judges = Judges.load()
+    assert judges.colour(plain, left)[0] != "red" and judges.colour(painted, left)[0] == "red"
+    assert np.array_equal(painted[:, 36:], plain[:, 36:])
+
+
 def test_the_app_opens_on_the_toy_with_a_layer_that_paints(toy, tmp_path):
     """A newcomer's first stroke must do something: the toy's first layer is the concept its paint_app.json
     names (the fitted blue factor, which PaintBench measured painting blue on every scene), and painted on the
