@@ -9,11 +9,12 @@ a random rectangle (sides 24 or 32 px, on the 8-px grid of the coarsest block) a
   Euclidean distance, 0-255 scale) between the unpainted and the painted image (same seed); also reported beyond
   ``EDGE_PX`` pixels of the mask (one latent cell: the VAE decoder spreads a painted edge by a few pixels, so
   this separates the blur at the edge from changes elsewhere in the picture);
-The best feature is, among the features labelled with the concept, the one that best *writes* it (highest
-``write`` score: its painted direction closest to the concept's mean difference), or with ``feature_by="read"``
-the one that best reads it (highest label score, its activation map closest to the concept's map).
 - removal (erase mode): on scenes whose caption names the concept and whose unpainted image shows it, erase the
   best feature over the object (its region dilated to the 4-px grid); removal is the concept judged gone there.
+
+The best feature is, among the features labelled with the concept, the one that best *writes* it (highest
+``write`` score: its painted direction closest to the concept's mean difference), or with ``feature_by="read"``
+the one that best reads it (highest label score: its activation map closest to the concept's map).
 """
 
 from __future__ import annotations
@@ -209,8 +210,8 @@ def fmt(value: float | None) -> str:
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| block | concept | feature (score, write) | success feature | success factor | base rate | leakage feature "
-             "| leakage factor | removal (erase) |", "|" + "---|" * 9]
+    lines = ["| block | concept | feature (score, write) | success feature | success factor | base rate "
+             "| leakage feature | leakage factor | removal (erase) |", "|" + "---|" * 9]
     for r in results:
         write = "" if r.feature_write is None else f", {r.feature_write:.2f}"
         feature = "-" if r.feature is None else f"{r.feature} ({r.feature_score:.2f}{write})"

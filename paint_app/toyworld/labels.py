@@ -4,10 +4,11 @@ Rendered scenes are encoded by the VAE, noised to each timestep the default samp
 the UNet with their full caption; the block's site value is encoded by the SAE. Each feature's activation map is
 compared with every concept's ground-truth map (the fraction of each grid cell the concept covers) by Pearson
 correlation over all cells, scenes and timesteps; its label is the best-matching concept, its score that
-correlation (how well the feature *reads* the concept). Its ``write`` is how well painting it writes that concept:
-the cosine between its painted direction sigma_f d_f and the concept's mean difference at the block (where the
-concept is minus everywhere else); PaintBench and the palette's search pick features by it. Written to the SAE's ``labels.json`` with ``source: "ground-truth"`` (labels a user wrote are kept);
-factors get the label of the concept their summed activation matches best.
+correlation (how well the feature *reads* the concept). Its ``write`` is how well painting it writes that
+concept: the cosine between its painted direction sigma_f d_f and the concept's mean difference at the block
+(where the concept is minus everywhere else); PaintBench and the palette's search pick features by it. Written
+to the SAE's ``labels.json`` with ``source: "ground-truth"`` (labels a user wrote are kept); factors get the
+label of the concept their summed activation matches best.
 
 ``python -m paint_app.toyworld.labels assets/toy/saes/<block> [--model toy] [--scenes 300]``
 """
