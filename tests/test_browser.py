@@ -24,13 +24,15 @@ BLOCK = "down_blocks.0.attentions.0"
 MID = "mid_block.attentions.0"
 
 
-def open_page(browser, url: str):
+def open_page(browser, url: str, layer_text: str = "thing"):
+    """A new page on ``url``, once the image, the first layer (its info holding ``layer_text``) and the canvas
+    are there."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     page.goto(url)
     page.wait_for_selector("#output img")
-    page.wait_for_function("() => document.querySelector('#layer-info')?.innerText.includes('thing')")
+    page.wait_for_function("t => document.querySelector('#layer-info')?.innerText.includes(t)", arg=layer_text)
     page.wait_for_selector("#canvas .pc-root[data-layer]:not([data-layer=''])", state="attached")
     return page
 
