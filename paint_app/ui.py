@@ -959,7 +959,8 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
                 C["search"] = gr.Button("Search", elem_id="palette-go")
             with gr.Row():
                 C["palette_table"] = gr.Dataframe(headers=PALETTE_HEADERS, datatype="str", interactive=False,
-                                                  elem_id="palette-table", max_height=360, type="array")
+                                                  elem_id="palette-table", max_height=360, type="array",
+                                                  column_widths=["10%", "40%", "7%", "17%", "14%", "12%"])
                 with gr.Column():
                     C["palette_info"] = gr.Markdown(elem_id="palette-info")
                     C["preview"] = gr.Image(label="Preview", type="pil", interactive=False, elem_id="preview",
