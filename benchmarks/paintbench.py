@@ -3,7 +3,7 @@
     python benchmarks/paintbench.py [--k 10] [--strength S] [--json out.json] [--card assets/toy/MODEL_CARD.md]
 
 By default each layer is painted at the model's default for a new layer in the app (``layer_defaults`` in its
-``paint_app.json``: for the toy model strength 16 on steps [2, 8)).
+``paint_app.json``: for the toy model strength 32 on steps [2, 8)).
 
 Prints the per-concept table and a per-block summary (see ``paint_app.toyworld.bench`` for the definitions).
 With ``--card`` the tables go into the model card, one section per strength and step range.
