@@ -204,11 +204,11 @@ def test_the_shipped_red_sessions_render_red_on_the_left_only(toy, tmp_path, nam
     file = TOY_DIR / "sessions" / f"{name}.json"
     data = json.loads(file.read_text())
     (layer,) = data["layers"]
-    entry = ConceptLibrary.load([], toy.profile).blocks[layer["block"]]
+    concepts = ConceptLibrary.load([], toy.profile)
     if "feature" in layer:
-        assert layer["feature"] == best_feature(ConceptLibrary({layer["block"]: entry}), layer["block"], "red")[0]
+        assert layer["feature"] == best_feature(concepts, layer["block"], "red")[0]
     else:
-        assert entry.factors.labels[layer["factor"]] == "red"
+        assert concepts.blocks[layer["block"]].factors.labels[layer["factor"]] == "red"
     assert data["keep_outside"] is True and layer["mask"] == {"rects": [[0, 0, 32, 64]]}
     assert (layer["strength"], tuple(layer["step_range"])) == (toy.profile.layer_strength, toy.profile.layer_step_range)
     plain_file = tmp_path / "plain.json"
@@ -248,12 +248,13 @@ def test_the_app_opens_on_the_toy_with_a_layer_that_paints(toy, tmp_path):
     session = app.default_settings()
     assert not session.layers
     before = np.asarray(engine.generate(session).convert("RGB"))
+    judges = Judges.load()
     for rect in ([0, 0, 32, 32], [32, 32, 64, 64]):
         session.layers = [Layer(block=layer.block, mask=Mask(rects=[rect]), strength=layer.strength,
                                 step_range=layer.step_range, **layer.concept)]
         after = np.asarray(engine.generate(session).convert("RGB"))
-        assert Judges.load().colour(before, rect_mask(rect))[0] != "blue"
-        assert Judges.load().colour(after, rect_mask(rect))[0] == "blue", rect
+        assert judges.colour(before, rect_mask(rect))[0] != "blue"
+        assert judges.colour(after, rect_mask(rect))[0] == "blue", rect
 
 
 def test_shipped_labels_say_how_well_each_feature_writes_and_search_ranks_by_it(toy):
