@@ -170,7 +170,7 @@ class ConceptLibrary:
 
 def paint_rank(row: dict) -> tuple[int, float]:
     """Sort key of a feature row, best painter first: rows with a write score (by it), then the rest by score."""
-    return (0, -row["write"]) if row.get("write") is not None else (1, -row["score"])
+    return (0, -row["write"]) if row["write"] is not None else (1, -row["score"])
 
 
 def _block_from_name(text: str) -> str:

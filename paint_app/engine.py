@@ -106,17 +106,17 @@ class Engine:
             replayable = plan.first_step(session.steps) if replay else 0
             with torch.no_grad(), apply_plan(self.pipeline.unet, plan, cfg=cfg), \
                     self.step_cache.replaying(self.pipeline.unet, settings, replayable):
-                image = self._run(session, embeds, generator, "pil", on_step_end).images[0]
+                image = self._run(session, embeds, generator, on_step_end).images[0]
             if session.keep_outside:
                 image = paste_outside(image, unpainted.image, cover)
             return Generation(image, time.perf_counter() - start, cached)
 
-    def _run(self, session: Session, embeds: dict, generator: torch.Generator, output_type: str, on_step_end=None):
+    def _run(self, session: Session, embeds: dict, generator: torch.Generator, on_step_end=None):
         extra = {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]} \
             if on_step_end else {}
         return self.pipeline(**embeds, num_inference_steps=session.steps, guidance_scale=session.guidance,
                              width=session.width, height=session.height, generator=generator,
-                             output_type=output_type, **extra)
+                             output_type="pil", **extra)
 
     def _plain_run(self, session: Session, settings: tuple, embeds: dict, replay: bool) -> Unpainted:
         """The session's settings with no layers, recording the latents after each step (the run also fills the
@@ -125,7 +125,7 @@ class Engine:
         generator = torch.Generator(device="cpu").manual_seed(session.seed)
         with torch.no_grad(), self.step_cache.replaying(self.pipeline.unet, settings,
                                                         session.steps if replay else 0):
-            image = self._run(session, embeds, generator, "pil", self._recording(latents)).images[0]
+            image = self._run(session, embeds, generator, self._recording(latents)).images[0]
         return Unpainted(latents, image)
 
     def _unpainted_run(self, session: Session, settings: tuple, embeds: dict, replay: bool) -> Unpainted:

@@ -82,6 +82,10 @@ class TabState:
     def active_layer(self) -> CanvasLayer | None:
         return self.layers[self.active] if 0 <= self.active < len(self.layers) else None
 
+    def has_paint(self) -> bool:
+        """Whether any enabled layer has something painted (else the image is the plain one)."""
+        return any(layer.enabled and not layer.is_empty() for layer in self.layers)
+
 
 def new_tab_state() -> TabState:
     return TabState()
@@ -272,7 +276,7 @@ class PaintApp:
     def _show(self, state: TabState, notes: Notes, started: float | None = None) -> str:
         """Make ``state.output`` the image of the tab's session; returns the timing line."""
         started = time.perf_counter() if started is None else started
-        if not any(layer.enabled and not layer.is_empty() for layer in state.layers):
+        if not state.has_paint():
             state.output = state.base
             return f"Plain image (nothing painted) in {1000 * (time.perf_counter() - started):.0f} ms"
         generation = self.engine.generate_timed(self.session_of(state))
@@ -293,7 +297,7 @@ class PaintApp:
         notes = Notes()
         if not self._ready(state, notes):
             return {"status": notes.text()}
-        if not any(layer.enabled and not layer.is_empty() for layer in state.layers):
+        if not state.has_paint():
             notes.warn("Nothing is painted on any enabled layer, so there is nothing to apply: paint on the "
                        "canvas first. The image is unchanged.")
             return {"status": notes.text()}
@@ -485,7 +489,7 @@ class PaintApp:
         if state.keep_outside == bool(keep):
             return {}
         state.keep_outside = bool(keep)
-        if state.base is None or not any(layer.enabled and not layer.is_empty() for layer in state.layers):
+        if state.base is None or not state.has_paint():
             return {"state": state, **self.files(state)}
         return self.repaint(state, notes, live)
 

@@ -28,14 +28,13 @@ from paint_app.session import Layer, Mask, Session
 
 from .evaluate import object_region
 from .judges import Judges
-from .labels import CONCEPT_KIND
+from .labels import CONCEPT_KIND, best_labelled
 from .world import COLOUR_NAMES, SHAPES, TEXTURES, caption, scene_for_seed
 
 BENCH_SEED_BASE = 50_000_000
 LEAK_THRESHOLD = 40.0
 EDGE_PX = 4
 PAINTED_KINDS = ("colour", "texture", "shape")
-FEATURE_CHOICES = ("write", "read")
 
 
 @dataclass
@@ -60,17 +59,12 @@ class Result:
 
 
 def best_feature(concepts, block: str, concept: str, by: str = "write") -> tuple[int | None, float, float | None]:
-    """(feature, its label score, its write score) of the concept's best labelled feature, chosen ``by`` its
-    write score (falling back to the label score where labels have no write scores) or its label score."""
-    if by not in FEATURE_CHOICES:
-        raise ValueError(f"feature choice is {by!r}; allowed: {', '.join(FEATURE_CHOICES)}")
-    entry = concepts.blocks[block]
-    labelled = [(f, label) for f, label in entry.labels.items() if label.label == concept]
-    if not labelled:
+    """(feature, its label score, its write score) of the concept's best labelled feature (``best_labelled``)."""
+    labels = concepts.blocks[block].labels
+    feature = best_labelled(labels, concept, by)
+    if feature is None:
         return None, 0.0, None
-    writes = by == "write" and all(label.write is not None for _, label in labelled)
-    feature, label = max(labelled, key=lambda item: (item[1].write if writes else item[1].score, -item[0]))
-    return feature, label.score, label.write
+    return feature, labels[feature].score, labels[feature].write
 
 
 def best_factor(concepts, block: str, concept: str) -> int | None:

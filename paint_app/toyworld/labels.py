@@ -183,6 +183,20 @@ def write_scores(sae: SAE, differences: torch.Tensor) -> torch.Tensor:
         return (atoms @ differences.T) / (atoms.norm(dim=1)[:, None] * differences.norm(dim=1)[None]).clamp_min(1e-12)
 
 
+FEATURE_CHOICES = ("write", "read")
+
+
+def best_labelled(labels: dict[int, Label], concept: str, by: str = "write") -> int | None:
+    """The feature labelled ``concept`` that best writes it (highest write score, falling back to the label
+    score where the labels have no write scores) or, ``by="read"``, best reads it (highest label score); the
+    lowest index on a tie, None when no feature has that label."""
+    if by not in FEATURE_CHOICES:
+        raise ValueError(f"feature choice is {by!r}; allowed: {', '.join(FEATURE_CHOICES)}")
+    labelled = [f for f, label in labels.items() if label.label == concept]
+    writes = by == "write" and all(labels[f].write is not None for f in labelled)
+    return max(labelled, key=lambda f: (labels[f].write if writes else labels[f].score, -f), default=None)
+
+
 def best_labels(correlation: torch.Tensor, active: torch.Tensor,
                 writes: torch.Tensor | None = None) -> dict[int, Label]:
     """Each active row's best concept, with its correlation as the score (rows with no positive match skipped)
@@ -230,8 +244,7 @@ def label_sae(pipe, folder: Path, n_scenes: int = 300, steps: int = 8) -> dict:
     best = {}
     for j, (kind, name) in enumerate(CONCEPTS):
         feature = int(feature_corr[:, j].argmax())
-        writer = max((f for f, label in labels.items() if label.label == name), key=lambda f: labels[f].write,
-                     default=None)
+        writer = best_labelled(labels, name)
         best[name] = {"kind": kind, "feature": feature, "score": round(float(feature_corr[feature, j]), 4),
                       "writing_feature": writer, "write": None if writer is None else labels[writer].write,
                       "fitted_factor_strength_for_mean_difference": round(float(scale[j]), 3)}
