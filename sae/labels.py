@@ -47,7 +47,8 @@ def load_labels(folder: str | Path) -> dict[int, Label]:
                 for key, v in entries.items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise SAEError(f"'{file}' is not a valid labels file ({exc!r}); expected "
-                       '{"version": 1, "labels": {"<feature>": {"label": ..., "score": ..., "source": ...}}}') from None
+                       '{"version": 1, "labels": {"<feature>": {"label": ..., "score": ..., "source": ..., '
+                       '"write": <a number, optional>}}}') from None
 
 
 def save_labels(folder: str | Path, labels: dict[int, Label]) -> None:
