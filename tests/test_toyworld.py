@@ -19,6 +19,7 @@ from paint_app.toyworld.world import (
     SHAPES,
     TEXTURES,
     caption,
+    partial_caption,
     render,
     scene_for_seed,
     texture_pattern,
@@ -83,6 +84,20 @@ def test_captions_follow_the_grammar_and_are_single_tokens():
         assert all(word + "</w>" in known for word in text.split()), text
     for word in vocabulary():  # one token each, as the tokenizer really splits them (BPE merge order)
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+
+
+def test_partial_captions_leave_objects_and_colours_out_at_the_given_rate():
+    rng = np.random.default_rng(0)
+    scenes = [scene_for_seed(seed, n_objects=3) for seed in range(300)]
+    assert all(partial_caption(s, rng, 0.0).count(" and ") == 2 for s in scenes)
+    assert all(any(o.colour in partial_caption(s, rng, 0.0) for o in s.objects) for s in scenes)
+    texts = [partial_caption(s, rng, 0.5) for s in scenes]
+    mentioned = sum(t.count(" and ") + 1 for t in texts if t and t.split()[0] not in BACKGROUNDS) / (3 * len(texts))
+    assert 0.4 < mentioned < 0.6
+    colours = [w for t in texts for w in t.split() if w in COLOURS]
+    assert 0.4 < len(colours) / sum(t.count("a ") for t in texts) < 0.6
+    assert partial_caption(scenes[0], np.random.default_rng(5), 0.5) == partial_caption(
+        scenes[0], np.random.default_rng(5), 0.5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -301,6 +316,20 @@ def test_paintbench_paints_the_labelled_feature_that_writes_best_or_reads_best(t
         best_feature(library, "b", "red", by="loudest")
 
 
+def test_patching_replays_a_block_and_the_last_block_carries_the_colour(toy):
+    from paint_app.toyworld.judges import Judges
+    from paint_app.toyworld.patching import Patcher, ceilings
+
+    block = "up_blocks.1.attentions.1"
+    patcher = Patcher(toy.pipeline, [block], steps=8, guidance=3.0, size=64)
+    own = patcher.record("a blue square", 7)
+    assert len(patcher.recorded[block]) == 8  # one UNet call a step, CFG batched
+    assert np.array_equal(patcher.patched("a blue square", 7, block, 0, left_half=False), own)
+    [row] = ceilings(toy.pipeline, Judges.load(), [("blue", "purple", "square", 7)], 8, 3.0, 64, blocks=[block])
+    assert (row.block, row.grid, row.pairs) == (block, 16, 1)
+    assert row.wholesale == 1.0  # the object takes the donor caption's colour
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training script.
 
@@ -310,6 +339,21 @@ def test_training_refuses_to_overwrite_a_finished_model(tmp_path, capsys):
     assert train_main(["--out", str(tmp_path), "--work", str(tmp_path / "work")]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+def test_first_text_entry_unet_reads_the_caption_only_in_its_first_level():
+    from paint_app.toyworld.model import make_unet
+
+    unet = make_unet(pooled_text=False, text_entry="first")
+    blocks = [name for name, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel"]
+    assert blocks == ["down_blocks.0.attentions.0", "down_blocks.0.attentions.1"]
+    cross = {name.rsplit(".attn2", 1)[0] for name, m in unet.named_modules() if name.endswith("attn2")}
+    assert cross and all(name.startswith("down_blocks.0.attentions.") for name in cross)
+    assert unet.config.addition_embed_type is None
+    out = unet(torch.randn(1, 4, 16, 16), 10, torch.randn(1, 32, 64)).sample
+    assert out.shape == (1, 4, 16, 16)
+    with pytest.raises(ValueError, match="allowed: all, first"):
+        make_unet(text_entry="middle")
 
 
 def test_checkpoints_round_trip_modules_and_optimizer(tmp_path):

@@ -42,18 +42,32 @@ def make_text_encoder(tokenizer):
     return CLIPTextModel(config)
 
 
-def make_unet(pooled_text: bool = True):
+TEXT_ENTRIES = ("all", "first")
+
+
+def make_unet(pooled_text: bool = True, text_entry: str = "all"):
     """The toy UNet. ``pooled_text`` also feeds the caption, pooled by attention, into the time embedding
     (diffusers' ``addition_embed_type="text"``), so every ResNet block sees it, not only the cross-attention
-    layers: without it the shape words barely reached the layout (shape adherence 61% instead of 80%+)."""
+    layers: without it the shape words barely reached the layout (shape adherence 61% instead of 80%+).
+
+    ``text_entry="all"``: cross-attention in every block. ``"first"``: the caption enters only through the two
+    transformer blocks of the first (16x16) level, ``down_blocks.0.attentions.{0,1}``; the rest of the UNet is
+    text-free (its middle keeps a self-attention), so what those blocks write is the model's only word on the
+    caption. An experiment in steerability (model card, PaintBench); the shipped weights use ``"all"``."""
     from diffusers import UNet2DConditionModel
 
+    if text_entry not in TEXT_ENTRIES:
+        raise ValueError(f"text_entry is {text_entry!r}; allowed: {', '.join(TEXT_ENTRIES)}")
     extra = {"addition_embed_type": "text", "addition_embed_type_num_heads": 4} if pooled_text else {}
+    if text_entry == "first":
+        layout = dict(layers_per_block=(2, 1), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                      mid_block_type="UNetMidBlock2D", up_block_types=("UpBlock2D", "UpBlock2D"))
+    else:
+        layout = dict(layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
     return UNet2DConditionModel(
-        sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=(2, 4), norm_num_groups=8, **extra,
+        sample_size=LATENT_SIZE, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+        cross_attention_dim=64, attention_head_dim=(2, 4), norm_num_groups=8, **layout, **extra,
     )
 
 

@@ -30,6 +30,13 @@ BLOCKS = {
     "down_blocks.0.attentions.0": (256, 8, "fine, early (16x16)"),
     "up_blocks.0.attentions.1": (512, 16, "coarse, late (8x8)"),
     "up_blocks.1.attentions.0": (256, 8, "fine, late (16x16)"),
+    "up_blocks.1.attentions.1": (256, 8, "fine, last (16x16)"),
+    "down_blocks.0.attentions.1": (256, 8, "fine, early, the caption's last (16x16)"),
+}
+# the blocks made by default, by where the UNet reads the caption (``train --text-entry``)
+DEFAULT_BLOCKS = {
+    "all": ["down_blocks.0.attentions.0", "up_blocks.0.attentions.1", "up_blocks.1.attentions.0"],
+    "first": ["down_blocks.0.attentions.0", "down_blocks.0.attentions.1"],
 }
 SHIPPED_FILES = ("config.json", "sae.safetensors")
 
@@ -45,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m paint_app.toyworld.saes", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy")
     parser.add_argument("--prompts", type=int, default=1000)
-    parser.add_argument("--blocks", nargs="*", default=list(BLOCKS), choices=list(BLOCKS))
+    parser.add_argument("--blocks", nargs="*", choices=list(BLOCKS),
+                        help="default: " + "; ".join(f"{', '.join(b)} (text entry: {entry})"
+                                                     for entry, b in DEFAULT_BLOCKS.items()))
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "toy_sae")
     parser.add_argument("--out", type=Path, default=ROOT / "assets" / "toy" / "saes")
     parser.add_argument("--label-scenes", type=int, default=300)
@@ -53,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace SAEs already in --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    from sae.pipelines import load_diffusers_pipeline
+
+    pipe = load_diffusers_pipeline(args.model, device="cpu")
+    if not args.blocks:
+        first_only = not any("CrossAttn" in kind for kind in pipe.unet.config.up_block_types)
+        args.blocks = DEFAULT_BLOCKS["first" if first_only else "all"]
     existing = [b for b in args.blocks if (args.out / b / "sae.safetensors").exists()]
     if existing and not args.overwrite:
         print(f"saes: error: {args.out} already holds SAEs for {', '.join(existing)}; pass --overwrite",
@@ -65,9 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     block_flags = [flag for block in args.blocks for flag in ("--block", block)]
     run_sae("collect", "--model", args.model, *block_flags, "--prompts", str(prompt_file), "--out", str(acts),
             "--batch-size", "16", "--device", "cpu", "--overwrite")
-    from sae.pipelines import load_diffusers_pipeline
-
-    pipe = load_diffusers_pipeline(args.model, device="cpu")
     for block in args.blocks:
         features, k, _ = BLOCKS[block]
         trained = args.work / "saes" / block
@@ -83,14 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         summary = label_sae(pipe, folder, args.label_scenes)
         print(json.dumps({"block": block, "labelled": summary["labelled"],
                           "best": {k: v["score"] for k, v in summary["best"].items()}}), flush=True)
-    write_blocks(args.out.parent / "paint_app.json", args.blocks)
+    write_blocks(args.out.parent / "paint_app.json", args.out)
     return 0
 
 
-def write_blocks(defaults_file: Path, blocks: list[str]) -> None:
-    """The model's profile lists exactly the blocks that carry SAEs."""
+def write_blocks(defaults_file: Path, sae_dir: Path) -> None:
+    """The model's profile lists exactly the blocks that carry SAEs (made now or before)."""
     defaults = json.loads(defaults_file.read_text()) if defaults_file.exists() else {}
-    defaults["blocks"] = {block: BLOCKS[block][2] for block in blocks}
+    defaults["blocks"] = {block: role for block, (_, _, role) in BLOCKS.items()
+                          if (sae_dir / block / "sae.safetensors").exists()}
     defaults_file.write_text(json.dumps(defaults, indent=2) + "\n")
 
 

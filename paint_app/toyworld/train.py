@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .model import (
     MAX_TOKENS,
+    TEXT_ENTRIES,
     count_parameters,
     make_pipeline,
     make_scheduler,
@@ -37,7 +38,7 @@ from .model import (
     make_unet,
     make_vae,
 )
-from .world import SIZE, caption, render, scene_for_seed
+from .world import SIZE, caption, partial_caption, render, scene_for_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SEED_BASE = 0  # training scenes use seeds [0, scenes); held-out evaluation uses seeds >= HELD_OUT_SEED_BASE
@@ -53,6 +54,10 @@ BLOCK_ROLES = {
     "up_blocks.0.attentions.1": "coarse, late (8x8)",
     "up_blocks.1.attentions.0": "fine, late (16x16)",
     "up_blocks.1.attentions.1": "fine, last (16x16)",
+}
+FIRST_ENTRY_BLOCK_ROLES = {  # --text-entry first: the only blocks that read the caption
+    "down_blocks.0.attentions.0": "caption, first (16x16)",
+    "down_blocks.0.attentions.1": "caption, last (16x16)",
 }
 
 
@@ -75,6 +80,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pooled-text", action=argparse.BooleanOptionalAction, default=True,
                         help="also feed the pooled caption into the UNet's time embedding, as the shipped weights "
                              "do (--no-pooled-text: the previous architecture)")
+    parser.add_argument("--text-entry", choices=TEXT_ENTRIES, default="all",
+                        help="where the caption enters the UNet: every block (all) or only the two transformer "
+                             "blocks of the first 16x16 level (first)")
+    parser.add_argument("--caption-dropout", type=float, default=0.0,
+                        help="leave each object, and each object's colour, out of a training caption with this "
+                             "probability (0: every object and colour is named)")
     parser.add_argument("--high-noise-from", type=int, default=1800,
                         help="UNet step from which timesteps lean to high noise")
     return parser.parse_args(argv)
@@ -233,8 +244,8 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 def train_unet(args: argparse.Namespace, latents: torch.Tensor, scaling: float, device: torch.device):
     torch.manual_seed(args.seed + 2)
     tokenizer = make_tokenizer()
-    unet, text_encoder = make_unet(args.pooled_text).to(device), make_text_encoder(tokenizer).to(device)
-    ema_unet, ema_text = make_unet(args.pooled_text).to(device), make_text_encoder(tokenizer).to(device)
+    unet, text_encoder = make_unet(args.pooled_text, args.text_entry).to(device), make_text_encoder(tokenizer).to(device)
+    ema_unet, ema_text = make_unet(args.pooled_text, args.text_entry).to(device), make_text_encoder(tokenizer).to(device)
     ema_unet.load_state_dict(unet.state_dict())
     ema_text.load_state_dict(text_encoder.state_dict())
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -256,7 +267,12 @@ def train_unet(args: argparse.Namespace, latents: torch.Tensor, scaling: float, 
         captions = []
         for i in index.tolist():
             scene = scenes_cache.get(i) or scenes_cache.setdefault(i, scene_for_seed(TRAIN_SEED_BASE + i))
-            captions.append("" if rng.random() < 0.1 else caption(scene, rng))
+            if rng.random() < 0.1:
+                captions.append("")
+            elif args.caption_dropout > 0:
+                captions.append(partial_caption(scene, rng, args.caption_dropout))
+            else:
+                captions.append(caption(scene, rng))
         x0 = latents[torch.from_numpy(index)].to(device) * scaling
         noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32)).to(device)
         t = training_timesteps(rng, args.batch, DEFAULTS["steps"], high_noise=step >= args.high_noise_from).to(device)
@@ -296,7 +312,8 @@ def save_assets(out: Path, vae, text_encoder, tokenizer, unet, info: dict) -> No
     pipe.save_pretrained(out, safe_serialization=True)
     file = out / "paint_app.json"
     previous = json.loads(file.read_text()) if file.exists() else {}  # keep choices made later (SAE blocks...)
-    defaults = {"blocks": BLOCK_ROLES, **previous, **DEFAULTS, "sae_dir": "saes"}
+    roles = FIRST_ENTRY_BLOCK_ROLES if info.get("text_entry") == "first" else BLOCK_ROLES
+    defaults = {"blocks": roles, **previous, **DEFAULTS, "sae_dir": "saes"}
     file.write_text(json.dumps(defaults, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     write_reference(out)
@@ -347,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, unet, text_encoder = train_unet(args, latents, scaling, device)
     info = {"seed": args.seed, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "scenes": args.scenes,
             "unet_steps": args.unet_steps, "high_noise_from": args.high_noise_from, "pooled_text": args.pooled_text,
+            "text_entry": args.text_entry, "caption_dropout": args.caption_dropout,
             "batch": args.batch, "lr": args.lr, "scaling_factor": scaling,
             "device": str(device), "threads": args.threads,
             "wall_seconds_last_run": round(time.perf_counter() - started, 1)}

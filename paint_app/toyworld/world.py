@@ -177,8 +177,8 @@ def render(scene: Scene) -> Rendered:
 # Captions.
 
 
-def object_phrase(obj: SceneObject, texture: bool, position: bool) -> str:
-    words = ["a", obj.colour]
+def object_phrase(obj: SceneObject, texture: bool, position: bool, colour: bool = True) -> str:
+    words = ["a", obj.colour] if colour else ["a"]
     if texture:
         words.append(obj.texture)
     words.append(obj.shape)
@@ -201,6 +201,19 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, form: str = "r
     text = " and ".join(object_phrase(o, say_texture, say_position) for o in scene.objects)
     if rng.random() < 0.4:
         text += f" on {scene.background}"
+    return text
+
+
+def partial_caption(scene: Scene, rng: np.random.Generator, drop: float) -> str:
+    """A random caption that leaves things out, as real captions do: each object unmentioned with probability
+    ``drop``, and each mentioned object's colour unsaid with probability ``drop``. With no object left it is
+    "" or, when the background is named, the background's name alone (``grass``)."""
+    say_texture, say_position = rng.random() < 0.5, rng.random() < 0.4
+    phrases = [object_phrase(o, say_texture, say_position, colour=rng.random() >= drop)
+               for o in scene.objects if rng.random() >= drop]
+    text = " and ".join(phrases)
+    if rng.random() < 0.4:
+        text = f"{text} on {scene.background}" if text else scene.background
     return text
 
 
