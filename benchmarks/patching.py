@@ -31,12 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     from paint_app.errors import ModelError
     from paint_app.models import load_model
     from paint_app.toyworld.judges import Judges
-    from paint_app.toyworld.patching import ceilings, colour_pairs, table
+    from paint_app.toyworld.patching import ceilings, colour_pairs, table, transformer_blocks
 
     try:
         loaded = load_model(args.model, device="cpu")
     except ModelError as exc:
         print(f"patching: error: {exc}", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.blocks or []) - set(transformer_blocks(loaded.pipeline.unet)))
+    if unknown:
+        print(f"patching: error: --blocks names {', '.join(unknown)}; this UNet's transformer blocks are: "
+              f"{', '.join(transformer_blocks(loaded.pipeline.unet))}", file=sys.stderr)
         return 2
     profile = loaded.profile
     started = time.perf_counter()
