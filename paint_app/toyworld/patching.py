@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sae.hooks import block_output, forward_hooks, replace_block_output
-from sae.pipelines import get_block
+from sae.pipelines import get_block, unet_blocks
 
 from .bench import EDGE_PX, leakage
 from .evaluate import object_region
@@ -56,10 +56,6 @@ def colour_pairs(n: int) -> list[tuple[str, str, str, int]]:
     return pairs
 
 
-def transformer_blocks(unet) -> list[str]:
-    return [name for name, module in unet.named_modules() if type(module).__name__ == "Transformer2DModel"]
-
-
 class Patcher:
     """Records every block's output over a generation, and replays one block's recorded output into another."""
 
@@ -86,11 +82,10 @@ class Patcher:
     def patched(self, prompt: str, seed: int, block: str, start: int, left_half: bool) -> np.ndarray:
         """The generation with ``block``'s output replaced by the recorded one (its left half only, with
         ``left_half``) on UNet calls ``start`` and later (one call per step)."""
-        calls = iter(self.recorded[block])
-        step = iter(range(len(self.recorded[block])))
+        calls = enumerate(self.recorded[block])
 
         def replace(module, args, kwargs, output):
-            donor, index = next(calls), next(step)
+            index, donor = next(calls)
             if index < start:
                 return None
             current = block_output(output)
@@ -109,15 +104,14 @@ def judge_pair(judges: Judges, image: np.ndarray, region: np.ndarray | None) -> 
 def ceilings(pipe, judges: Judges, pairs: list[tuple[str, str, str, int]], steps: int, guidance: float,
              size: int, start: int = 2, blocks: list[str] | None = None) -> list[BlockCeiling]:
     """Per block: how often replacing its output with the donor's gives the donor's colour (see module doc)."""
-    blocks = blocks or transformer_blocks(pipe.unet)
+    grids = {b.name: b.grid[1] for b in unet_blocks(pipe.unet, size, size, pipe.vae_scale_factor)}
+    blocks = blocks or list(grids)
     patcher = Patcher(pipe, blocks, steps, guidance, size)
     left = np.zeros((size, size), bool)
     left[:, : size // 2] = True
     hits: dict[str, dict[str, list]] = {b: {"all": [], "late": [], "left": [], "leak": []} for b in blocks}
-    grids = {}
     for recipient, donor, shape, seed in pairs:
         donor_image = patcher.record(f"a {donor} {shape}", seed)
-        grids = {b: patcher.recorded[b][0].shape[-1] for b in blocks}
         plain = patcher.generate(f"a {recipient} {shape}", seed)
         donor_left = (classify_pixels(donor_image) == COLOUR_NAMES.index(donor)) & left
         for block in blocks:

@@ -56,8 +56,8 @@ BLOCK_ROLES = {
     "up_blocks.1.attentions.1": "fine, last (16x16)",
 }
 FIRST_ENTRY_BLOCK_ROLES = {  # --text-entry first: the only blocks that read the caption
-    "down_blocks.0.attentions.0": "caption, first (16x16)",
-    "down_blocks.0.attentions.1": "caption, last (16x16)",
+    "down_blocks.0.attentions.0": "fine, early (16x16)",
+    "down_blocks.0.attentions.1": "fine, early, the caption's last (16x16)",
 }
 
 
