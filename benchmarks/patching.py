@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.pairs < 1:
+        parser.error(f"--pairs is {args.pairs}; allowed: an integer >= 1")
     torch.set_num_threads(args.threads)
 
     from paint_app.errors import ModelError

@@ -356,6 +356,13 @@ def test_first_text_entry_unet_reads_the_caption_only_in_its_first_level():
         make_unet(text_entry="middle")
 
 
+def test_training_refuses_a_caption_dropout_outside_0_to_1(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path), "--work", str(tmp_path / "work"), "--caption-dropout", "1.5"])
+    assert "--caption-dropout is 1.5; allowed: a probability from 0 to 1" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
 def test_checkpoints_round_trip_modules_and_optimizer(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)

@@ -88,7 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "probability (0: every object and colour is named)")
     parser.add_argument("--high-noise-from", type=int, default=1800,
                         help="UNet step from which timesteps lean to high noise")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.caption_dropout <= 1.0:
+        parser.error(f"--caption-dropout is {args.caption_dropout}; allowed: a probability from 0 to 1")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------------------
