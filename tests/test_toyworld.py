@@ -322,12 +322,21 @@ def test_patching_replays_a_block_and_the_last_block_carries_the_colour(toy):
 
     block = "up_blocks.1.attentions.1"
     patcher = Patcher(toy.pipeline, [block], steps=8, guidance=3.0, size=64)
-    own = patcher.record("a blue square", 7)
-    assert len(patcher.recorded[block]) == 8  # one UNet call a step, CFG batched
-    assert np.array_equal(patcher.patched("a blue square", 7, block, 0, left_half=False), own)
+    own, run = patcher.record("a blue square", 7)
+    assert len(run[block]) == 8  # one UNet call a step, CFG batched
+    assert np.array_equal(patcher.patched("a blue square", 7, block, 0, run), own)
+    cells = torch.zeros(16, 16)
+    cells[4:12, 2:8] = 1
+    # a run's mean difference with itself is zero: adding it changes nothing
+    assert np.array_equal(patcher.patched("a blue square", 7, block, 0, run, cells, "mean_added", run), own)
+    with pytest.raises(ValueError, match="allowed: values, mean, mean_added"):
+        patcher.patched("a blue square", 7, block, 0, run, cells, "median")
     [row] = ceilings(toy.pipeline, Judges.load(), [("blue", "purple", "square", 7)], 8, 3.0, 64, blocks=[block])
     assert (row.block, row.grid, row.pairs) == (block, 16, 1)
     assert row.wholesale == 1.0  # the object takes the donor caption's colour
+    # on its object's left-half cells: the donor's values, or their mean set there, recolour the object; the same
+    # mean reached by adding the difference of the two runs' means does not (the block holds colour as a value)
+    assert (row.left_pairs, row.left_half, row.mean_replaced, row.mean_added) == (1, 1.0, 1.0, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -352,8 +361,35 @@ def test_first_text_entry_unet_reads_the_caption_only_in_its_first_level():
     assert unet.config.addition_embed_type is None
     out = unet(torch.randn(1, 4, 16, 16), 10, torch.randn(1, 32, 64)).sample
     assert out.shape == (1, 4, 16, 16)
-    with pytest.raises(ValueError, match="allowed: all, first"):
-        make_unet(text_entry="middle")
+    with pytest.raises(ValueError, match="allowed: all, first, middle"):
+        make_unet(text_entry="last")
+
+
+def test_middle_text_entry_unet_reads_the_caption_only_through_its_middle_block():
+    from paint_app.toyworld.model import make_unet, text_entry_of, text_free_cross_attentions
+    from sae.hooks import forward_hooks
+
+    torch.manual_seed(0)
+    unet = make_unet(pooled_text=False, text_entry="middle")
+    assert [text_entry_of(make_unet(text_entry=e).config) for e in ("all", "first")] == ["all", "first"]
+    assert text_entry_of(unet.config) == "middle"
+    blocks = [name for name, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel"]
+    assert blocks == ["up_blocks.1.attentions.0", "up_blocks.1.attentions.1", "mid_block.attentions.0"]
+    frozen = [p for cross in text_free_cross_attentions(unet) for p in cross.to_out.parameters()]
+    assert len(frozen) == 4 and all(not p.requires_grad and not p.any() for p in frozen)
+    for p in unet.parameters():  # as after training: nothing but the frozen zeros is zero
+        if p.requires_grad:
+            p.data.normal_(0, 0.2)
+    x, captions = torch.randn(1, 4, 16, 16), torch.randn(2, 1, 32, 64)
+    outs = [unet(x, 10, c).sample for c in captions]
+    assert not torch.allclose(outs[0], outs[1])  # the caption matters...
+    kept = {}
+    record = {unet.mid_block.attentions[0]: lambda m, a, k, out: kept.setdefault("mid", out)}
+    with forward_hooks(record):
+        unet(x, 10, captions[0])
+    fixed = {unet.mid_block.attentions[0]: lambda m, a, k, out: kept["mid"]}
+    with forward_hooks(fixed):  # ...but only through the middle block's output
+        assert torch.allclose(unet(x, 10, captions[1]).sample, outs[0], atol=1e-6)
 
 
 def test_training_refuses_a_caption_dropout_outside_0_to_1(tmp_path, capsys):

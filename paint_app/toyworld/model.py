@@ -42,7 +42,7 @@ def make_text_encoder(tokenizer):
     return CLIPTextModel(config)
 
 
-TEXT_ENTRIES = ("all", "first")
+TEXT_ENTRIES = ("all", "first", "middle")
 
 
 def make_unet(pooled_text: bool = True, text_entry: str = "all"):
@@ -53,7 +53,11 @@ def make_unet(pooled_text: bool = True, text_entry: str = "all"):
     ``text_entry="all"``: cross-attention in every block. ``"first"``: the caption enters only through the two
     transformer blocks of the first (16x16) level, ``down_blocks.0.attentions.{0,1}``; the rest of the UNet is
     text-free (its middle keeps a self-attention), so what those blocks write is the model's only word on the
-    caption. An experiment in steerability (model card, PaintBench); the shipped weights use ``"all"``."""
+    caption. ``"middle"``: the caption enters only through the middle block (8x8, two transformer layers); the
+    down path has no attention and the last level's two transformer blocks (16x16) keep self-attention but their
+    cross-attention is zeroed and frozen (diffusers' cross-attention blocks insist on one), so the middle block's
+    output is the only path from the caption to the image. Both are experiments in steerability (model card,
+    PaintBench); the shipped weights use ``"all"``."""
     from diffusers import UNet2DConditionModel
 
     if text_entry not in TEXT_ENTRIES:
@@ -62,13 +66,38 @@ def make_unet(pooled_text: bool = True, text_entry: str = "all"):
     if text_entry == "first":
         layout = dict(layers_per_block=(2, 1), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                       mid_block_type="UNetMidBlock2D", up_block_types=("UpBlock2D", "UpBlock2D"))
+    elif text_entry == "middle":
+        layout = dict(layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                      mid_block_type="UNetMidBlock2DCrossAttn", transformer_layers_per_block=(1, 2),
+                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     else:
         layout = dict(layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                       up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
-    return UNet2DConditionModel(
+    unet = UNet2DConditionModel(
         sample_size=LATENT_SIZE, in_channels=4, out_channels=4, block_out_channels=(32, 64),
         cross_attention_dim=64, attention_head_dim=(2, 4), norm_num_groups=8, **layout, **extra,
     )
+    if text_entry == "middle":
+        for cross in text_free_cross_attentions(unet):
+            for param in cross.to_out.parameters():
+                torch.nn.init.zeros_(param)
+                param.requires_grad_(False)
+    return unet
+
+
+def text_entry_of(config) -> str:
+    """Where a toy UNet reads the caption (``TEXT_ENTRIES``), from its diffusers config."""
+    if not any("CrossAttn" in kind for kind in config.up_block_types):
+        return "first"
+    if not any("CrossAttn" in kind for kind in config.down_block_types):
+        return "middle"
+    return "all"
+
+
+def text_free_cross_attentions(unet) -> list[torch.nn.Module]:
+    """The cross-attentions of a ``"middle"`` UNet's last level, which must read nothing from the caption."""
+    return [module for name, module in unet.named_modules()
+            if name.startswith("up_blocks.1.attentions.") and name.endswith(".attn2")]
 
 
 def make_scheduler():

@@ -9,9 +9,16 @@ recipient caption is generated again with one block's output replaced by the don
   left half (pairs whose donor object has fewer than ``MIN_PIXELS`` there are skipped), with the leakage of the
   right half (pixels beyond ``EDGE_PX`` of the middle whose colour moved by more than ``LEAK_THRESHOLD``).
 
+- object cells, mean: on the grid cells the donor's object covers in the left half (at least half of each), the
+  output is *replaced* by the donor's mean over those cells (one vector, the same in every cell), from ``start``;
+- object cells, mean added: on the same cells, the donor's mean minus the recipient's own (unpatched) mean over
+  them is *added*, from ``start`` on: the one constant shift that gives those cells the donor's mean.
+The last two are judged and their leakage measured as the left half is.
+
 No SAE is involved: a replaced output is the donor's own, cell by cell, so this is the ceiling of any edit of one
 block's output. An SAE edit adds the same vector at every painted cell; where even the donor's own activations do
-not carry the colour, no feature of that block can.
+not carry the colour, no feature of that block can. Where a replaced mean carries the colour but the added one
+does not, the block holds the colour as a value that has to be overwritten, not as a direction to add.
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sae.hooks import block_output, forward_hooks, replace_block_output
 from sae.pipelines import get_block, unet_blocks
 
-from .bench import EDGE_PX, leakage
+from .bench import EDGE_PX, leakage, mean
 from .evaluate import object_region
 from .judges import Judges, classify_pixels
 from .world import COLOUR_NAMES, SHAPES
@@ -43,6 +51,10 @@ class BlockCeiling:
     left_leakage: float | None  # leakage in the right half, beyond EDGE_PX of the middle
     pairs: int
     left_pairs: int
+    mean_replaced: float | None = None  # the donor's colour on its object's left-half cells set to its mean there
+    mean_replaced_leakage: float | None = None
+    mean_added: float | None = None  # ... with the donor's mean minus the recipient's added there instead
+    mean_added_leakage: float | None = None
 
 
 def colour_pairs(n: int) -> list[tuple[str, str, str, int]]:
@@ -56,45 +68,71 @@ def colour_pairs(n: int) -> list[tuple[str, str, str, int]]:
     return pairs
 
 
+Recording = dict[str, list[torch.Tensor]]  # block name: its output at each UNet call of a generation
+HOW = ("values", "mean", "mean_added")
+
+
 class Patcher:
     """Records every block's output over a generation, and replays one block's recorded output into another."""
 
     def __init__(self, pipe, blocks: list[str], steps: int, guidance: float, size: int) -> None:
         self.pipe, self.blocks = pipe, blocks
         self.settings = dict(num_inference_steps=steps, guidance_scale=guidance, width=size, height=size)
-        self.recorded: dict[str, list[torch.Tensor]] = {}
 
     def generate(self, prompt: str, seed: int) -> np.ndarray:
         generator = torch.Generator(self.pipe.unet.device).manual_seed(seed)
         image = self.pipe(prompt, generator=generator, **self.settings).images[0]
         return np.asarray(image.convert("RGB"))
 
-    def record(self, prompt: str, seed: int) -> np.ndarray:
-        self.recorded = {block: [] for block in self.blocks}
+    def record(self, prompt: str, seed: int) -> tuple[np.ndarray, Recording]:
+        recorded: Recording = {block: [] for block in self.blocks}
 
         def recorder(block):
-            return lambda module, args, kwargs, output: self.recorded[block].append(block_output(output).clone())
+            return lambda module, args, kwargs, output: recorded[block].append(block_output(output).clone())
 
         unet = self.pipe.unet
         with forward_hooks({get_block(unet, b): recorder(b) for b in self.blocks}):
-            return self.generate(prompt, seed)
+            return self.generate(prompt, seed), recorded
 
-    def patched(self, prompt: str, seed: int, block: str, start: int, left_half: bool) -> np.ndarray:
-        """The generation with ``block``'s output replaced by the recorded one (its left half only, with
-        ``left_half``) on UNet calls ``start`` and later (one call per step)."""
-        calls = enumerate(self.recorded[block])
+    def patched(self, prompt: str, seed: int, block: str, start: int, donor: Recording,
+                cells: torch.Tensor | None = None, how: str = "values", plain: Recording | None = None) -> np.ndarray:
+        """The generation with ``block``'s output patched from the ``donor`` recording on UNet calls ``start`` and
+        later (one call per step), at ``cells`` ([H, W] of 0 or 1 on the block's grid; None: every cell):
+        ``how="values"`` the donor's values, cell by cell; ``"mean"`` the donor's mean over ``cells``;
+        ``"mean_added"`` the donor's mean minus the ``plain`` recording's mean over ``cells``, added."""
+        if how not in HOW:
+            raise ValueError(f"how is {how!r}; allowed: {', '.join(HOW)}")
+        if how == "mean_added" and plain is None:
+            raise ValueError("how='mean_added' needs the plain recording")
+        calls = iter(range(len(donor[block])))
 
         def replace(module, args, kwargs, output):
-            index, donor = next(calls)
+            index = next(calls)
             if index < start:
                 return None
-            current = block_output(output)
-            if left_half:
-                donor = torch.cat([donor[..., : current.shape[-1] // 2], current[..., current.shape[-1] // 2:]], -1)
-            return replace_block_output(output, donor)
+            current, given = block_output(output), donor[block][index]
+            mask = torch.ones(current.shape[-2:]) if cells is None else cells
+            mask = mask.to(current.device, current.dtype)
+            if how == "values":
+                return replace_block_output(output, mask * given + (1 - mask) * current)
+            given_mean = region_mean(given, mask)
+            if how == "mean":
+                return replace_block_output(output, mask * given_mean + (1 - mask) * current)
+            return replace_block_output(output, current + mask * (given_mean - region_mean(plain[block][index], mask)))
 
         with forward_hooks({get_block(self.pipe.unet, block): replace}):
             return self.generate(prompt, seed)
+
+
+def region_mean(output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean over ``mask``'s cells of each batch row and channel of ``output`` [B, C, H, W], as [B, C, 1, 1]."""
+    return (output * mask).sum((-2, -1), keepdim=True) / mask.sum().clamp(min=1)
+
+
+def grid_cells(pixels: np.ndarray, grid: int) -> torch.Tensor:
+    """The [grid, grid] cells that ``pixels`` (a boolean image) covers at least half of, as 0 or 1."""
+    area = F.adaptive_avg_pool2d(torch.from_numpy(pixels.astype(np.float32))[None, None], grid)[0, 0]
+    return (area >= 0.5).float()
 
 
 def judge_pair(judges: Judges, image: np.ndarray, region: np.ndarray | None) -> str:
@@ -109,22 +147,33 @@ def ceilings(pipe, judges: Judges, pairs: list[tuple[str, str, str, int]], steps
     patcher = Patcher(pipe, blocks, steps, guidance, size)
     left = np.zeros((size, size), bool)
     left[:, : size // 2] = True
-    hits: dict[str, dict[str, list]] = {b: {"all": [], "late": [], "left": [], "leak": []} for b in blocks}
+    hits: dict[str, dict[str, list]] = {b: {key: [] for key in ("all", "late", "left", "leak", "mean", "mean_leak",
+                                                                  "added", "added_leak")} for b in blocks}
     for recipient, donor, shape, seed in pairs:
-        donor_image = patcher.record(f"a {donor} {shape}", seed)
-        plain = patcher.generate(f"a {recipient} {shape}", seed)
+        prompt = f"a {recipient} {shape}"
+        donor_image, donor_run = patcher.record(f"a {donor} {shape}", seed)
+        plain, plain_run = patcher.record(prompt, seed)
         donor_left = (classify_pixels(donor_image) == COLOUR_NAMES.index(donor)) & left
         for block in blocks:
+            h = hits[block]
             for key, begin in (("all", 0), ("late", start)):
-                image = patcher.patched(f"a {recipient} {shape}", seed, block, begin, left_half=False)
-                hits[block][key].append(judge_pair(judges, image, object_region(image)) == donor)
-            if donor_left.sum() >= MIN_PIXELS:
-                image = patcher.patched(f"a {recipient} {shape}", seed, block, start, left_half=True)
-                hits[block]["left"].append(judge_pair(judges, image, donor_left) == donor)
-                hits[block]["leak"].append(leakage(plain, image, left, EDGE_PX))
-    return [BlockCeiling(b, grids[b], float(np.mean(h["all"])), float(np.mean(h["late"])),
-                         float(np.mean(h["left"])) if h["left"] else None,
-                         float(np.mean(h["leak"])) if h["leak"] else None, len(pairs), len(h["left"]))
+                image = patcher.patched(prompt, seed, block, begin, donor_run)
+                h[key].append(judge_pair(judges, image, object_region(image)) == donor)
+            if donor_left.sum() < MIN_PIXELS:
+                continue
+            half = torch.zeros(grids[block], grids[block])
+            half[:, : grids[block] // 2] = 1
+            cells = grid_cells(donor_left, grids[block])
+            for key, leak_key, region, how in (("left", "leak", half, "values"), ("mean", "mean_leak", cells, "mean"),
+                                               ("added", "added_leak", cells, "mean_added")):
+                if not region.any():
+                    continue
+                image = patcher.patched(prompt, seed, block, start, donor_run, region, how, plain_run)
+                h[key].append(judge_pair(judges, image, donor_left) == donor)
+                h[leak_key].append(leakage(plain, image, left, EDGE_PX))
+    return [BlockCeiling(b, grids[b], float(np.mean(h["all"])), float(np.mean(h["late"])), mean(h["left"]),
+                         mean(h["leak"]), len(pairs), len(h["left"]), mean(h["mean"]),
+                         mean(h["mean_leak"]), mean(h["added"]), mean(h["added_leak"]))
             for b, h in hits.items()]
 
 
@@ -133,9 +182,11 @@ def table(rows: list[BlockCeiling], start: int) -> str:
         return "-" if value is None else f"{100 * value:.0f}%"
 
     lines = ["| block | grid | whole output, every step | whole output, steps >= "
-             f"{start} | left half, steps >= {start} | its leakage (right half, beyond {EDGE_PX} px) |",
-             "|" + "---|" * 6]
+             f"{start} | left half, steps >= {start} (leakage) | object cells set to the donor's mean (leakage) "
+             "| object cells shifted by the mean difference (leakage) |", "|" + "---|" * 7]
     for r in rows:
         lines.append(f"| {r.block} | {r.grid}x{r.grid} | {pct(r.wholesale)} of {r.pairs} | "
-                     f"{pct(r.wholesale_late)} | {pct(r.left_half)} of {r.left_pairs} | {pct(r.left_leakage)} |")
-    return "\n".join(lines)
+                     f"{pct(r.wholesale_late)} | {pct(r.left_half)} of {r.left_pairs} ({pct(r.left_leakage)}) | "
+                     f"{pct(r.mean_replaced)} ({pct(r.mean_replaced_leakage)}) | "
+                     f"{pct(r.mean_added)} ({pct(r.mean_added_leakage)}) |")
+    return "\n".join(lines) + f"\n\nLeakage: pixels of the right half beyond {EDGE_PX} px of the middle that moved."

@@ -21,6 +21,7 @@ import torch
 from sae.cli import main as sae_main
 
 from .labels import label_sae
+from .model import text_entry_of
 from .world import prompts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,11 +33,13 @@ BLOCKS = {
     "up_blocks.1.attentions.0": (256, 8, "fine, late (16x16)"),
     "up_blocks.1.attentions.1": (256, 8, "fine, last (16x16)"),
     "down_blocks.0.attentions.1": (256, 8, "fine, early, the caption's last (16x16)"),
+    "mid_block.attentions.0": (512, 16, "coarse (8x8)"),
 }
 # the blocks made by default, by where the UNet reads the caption (``train --text-entry``)
 DEFAULT_BLOCKS = {
     "all": ["down_blocks.0.attentions.0", "up_blocks.0.attentions.1", "up_blocks.1.attentions.0"],
     "first": ["down_blocks.0.attentions.0", "down_blocks.0.attentions.1"],
+    "middle": ["mid_block.attentions.0", "up_blocks.1.attentions.0"],
 }
 SHIPPED_FILES = ("config.json", "sae.safetensors")
 
@@ -66,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pipe = load_diffusers_pipeline(args.model, device="cpu")
     if not args.blocks:
-        first_only = not any("CrossAttn" in kind for kind in pipe.unet.config.up_block_types)
-        args.blocks = DEFAULT_BLOCKS["first" if first_only else "all"]
+        args.blocks = DEFAULT_BLOCKS[text_entry_of(pipe.unet.config)]
     existing = [b for b in args.blocks if (args.out / b / "sae.safetensors").exists()]
     if existing and not args.overwrite:
         print(f"saes: error: {args.out} already holds SAEs for {', '.join(existing)}; pass --overwrite",

@@ -59,6 +59,11 @@ FIRST_ENTRY_BLOCK_ROLES = {  # --text-entry first: the only blocks that read the
     "down_blocks.0.attentions.0": "fine, early (16x16)",
     "down_blocks.0.attentions.1": "fine, early, the caption's last (16x16)",
 }
+MIDDLE_ENTRY_BLOCK_ROLES = {  # --text-entry middle: the caption enters only in the middle block
+    "mid_block.attentions.0": "coarse, the caption's only (8x8)",
+    "up_blocks.1.attentions.0": "fine, late, text-free (16x16)",
+    "up_blocks.1.attentions.1": "fine, last, text-free (16x16)",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,8 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also feed the pooled caption into the UNet's time embedding, as the shipped weights "
                              "do (--no-pooled-text: the previous architecture)")
     parser.add_argument("--text-entry", choices=TEXT_ENTRIES, default="all",
-                        help="where the caption enters the UNet: every block (all) or only the two transformer "
-                             "blocks of the first 16x16 level (first)")
+                        help="where the caption enters the UNet: every block (all), only the two transformer "
+                             "blocks of the first 16x16 level (first) or only the middle block (middle)")
     parser.add_argument("--caption-dropout", type=float, default=0.0,
                         help="leave each object, and each object's colour, out of a training caption with this "
                              "probability (0: every object and colour is named)")
@@ -315,7 +320,8 @@ def save_assets(out: Path, vae, text_encoder, tokenizer, unet, info: dict) -> No
     pipe.save_pretrained(out, safe_serialization=True)
     file = out / "paint_app.json"
     previous = json.loads(file.read_text()) if file.exists() else {}  # keep choices made later (SAE blocks...)
-    roles = FIRST_ENTRY_BLOCK_ROLES if info.get("text_entry") == "first" else BLOCK_ROLES
+    roles = {"first": FIRST_ENTRY_BLOCK_ROLES, "middle": MIDDLE_ENTRY_BLOCK_ROLES}.get(info.get("text_entry"),
+                                                                                   BLOCK_ROLES)
     defaults = {"blocks": roles, **previous, **DEFAULTS, "sae_dir": "saes"}
     file.write_text(json.dumps(defaults, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
