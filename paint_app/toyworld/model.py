@@ -43,6 +43,27 @@ def make_text_encoder(tokenizer):
 
 
 TEXT_ENTRIES = ("all", "first", "middle")
+# each transformer block's role, by where the UNet reads the caption: the block list of the app's profile
+BLOCK_ROLES = {
+    "all": {
+        "down_blocks.0.attentions.0": "fine, early (16x16)",
+        "down_blocks.1.attentions.0": "coarse, early (8x8)",
+        "mid_block.attentions.0": "coarse (8x8)",
+        "up_blocks.0.attentions.0": "coarse, late (8x8)",
+        "up_blocks.0.attentions.1": "coarse, late (8x8)",
+        "up_blocks.1.attentions.0": "fine, late (16x16)",
+        "up_blocks.1.attentions.1": "fine, last (16x16)",
+    },
+    "first": {  # the only blocks that read the caption
+        "down_blocks.0.attentions.0": "fine, early (16x16)",
+        "down_blocks.0.attentions.1": "fine, early, the caption's last (16x16)",
+    },
+    "middle": {
+        "mid_block.attentions.0": "coarse, the caption's only (8x8)",
+        "up_blocks.1.attentions.0": "fine, late, text-free (16x16)",
+        "up_blocks.1.attentions.1": "fine, last, text-free (16x16)",
+    },
+}
 
 
 def make_unet(pooled_text: bool = True, text_entry: str = "all"):

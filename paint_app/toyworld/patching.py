@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from paint_app.steering import grid_mask
 from sae.hooks import block_output, forward_hooks, replace_block_output
 from sae.pipelines import get_block, unet_blocks
 
@@ -131,8 +131,7 @@ def region_mean(output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def grid_cells(pixels: np.ndarray, grid: int) -> torch.Tensor:
     """The [grid, grid] cells that ``pixels`` (a boolean image) covers at least half of, as 0 or 1."""
-    area = F.adaptive_avg_pool2d(torch.from_numpy(pixels.astype(np.float32))[None, None], grid)[0, 0]
-    return (area >= 0.5).float()
+    return (grid_mask(torch.from_numpy(pixels), (grid, grid)) >= 0.5).float()
 
 
 def judge_pair(judges: Judges, image: np.ndarray, region: np.ndarray | None) -> str:

@@ -21,19 +21,19 @@ import torch
 from sae.cli import main as sae_main
 
 from .labels import label_sae
-from .model import text_entry_of
+from .model import BLOCK_ROLES, text_entry_of
 from .world import prompts
 
 ROOT = Path(__file__).resolve().parents[2]
 SAE_SEED_BASE = 40_000_000
-# block: (features, k, role)
+# block: (features, k) of its SAE
 BLOCKS = {
-    "down_blocks.0.attentions.0": (256, 8, "fine, early (16x16)"),
-    "up_blocks.0.attentions.1": (512, 16, "coarse, late (8x8)"),
-    "up_blocks.1.attentions.0": (256, 8, "fine, late (16x16)"),
-    "up_blocks.1.attentions.1": (256, 8, "fine, last (16x16)"),
-    "down_blocks.0.attentions.1": (256, 8, "fine, early, the caption's last (16x16)"),
-    "mid_block.attentions.0": (512, 16, "coarse (8x8)"),
+    "down_blocks.0.attentions.0": (256, 8),
+    "up_blocks.0.attentions.1": (512, 16),
+    "up_blocks.1.attentions.0": (256, 8),
+    "up_blocks.1.attentions.1": (256, 8),
+    "down_blocks.0.attentions.1": (256, 8),
+    "mid_block.attentions.0": (512, 16),
 }
 # the blocks made by default, by where the UNet reads the caption (``train --text-entry``)
 DEFAULT_BLOCKS = {
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     run_sae("collect", "--model", args.model, *block_flags, "--prompts", str(prompt_file), "--out", str(acts),
             "--batch-size", "16", "--device", "cpu", "--overwrite")
     for block in args.blocks:
-        features, k, _ = BLOCKS[block]
+        features, k = BLOCKS[block]
         trained = args.work / "saes" / block
         run_sae("train", "--acts", str(acts), "--block", block, "--out", str(trained), "--features", str(features),
                 "--k", str(k), "--batch-size", "1024", "--overwrite")
@@ -97,15 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         summary = label_sae(pipe, folder, args.label_scenes)
         print(json.dumps({"block": block, "labelled": summary["labelled"],
                           "best": {k: v["score"] for k, v in summary["best"].items()}}), flush=True)
-    write_blocks(args.out.parent / "paint_app.json", args.out)
+    write_blocks(args.out.parent / "paint_app.json", args.out, BLOCK_ROLES[text_entry_of(pipe.unet.config)])
     return 0
 
 
-def write_blocks(defaults_file: Path, sae_dir: Path) -> None:
-    """The model's profile lists exactly the blocks that carry SAEs (made now or before)."""
+def write_blocks(defaults_file: Path, sae_dir: Path, roles: dict[str, str]) -> None:
+    """The model's profile lists exactly the blocks that carry SAEs (made now or before), with their ``roles``."""
     defaults = json.loads(defaults_file.read_text()) if defaults_file.exists() else {}
-    defaults["blocks"] = {block: role for block, (_, _, role) in BLOCKS.items()
-                          if (sae_dir / block / "sae.safetensors").exists()}
+    defaults["blocks"] = {block: role for block, role in roles.items() if (sae_dir / block / "sae.safetensors").exists()}
     defaults_file.write_text(json.dumps(defaults, indent=2) + "\n")
 
 

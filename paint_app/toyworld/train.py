@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .model import (
+    BLOCK_ROLES,
     MAX_TOKENS,
     TEXT_ENTRIES,
     count_parameters,
@@ -46,24 +47,6 @@ HELD_OUT_SEED_BASE = 10_000_000
 TOY_REFERENCE = "reference.png"
 REFERENCE = {"prompt": "a red circle", "seed": 0}
 DEFAULTS = {"width": SIZE, "height": SIZE, "steps": 8, "guidance": 3.0}
-BLOCK_ROLES = {
-    "down_blocks.0.attentions.0": "fine, early (16x16)",
-    "down_blocks.1.attentions.0": "coarse, early (8x8)",
-    "mid_block.attentions.0": "coarse (8x8)",
-    "up_blocks.0.attentions.0": "coarse, late (8x8)",
-    "up_blocks.0.attentions.1": "coarse, late (8x8)",
-    "up_blocks.1.attentions.0": "fine, late (16x16)",
-    "up_blocks.1.attentions.1": "fine, last (16x16)",
-}
-FIRST_ENTRY_BLOCK_ROLES = {  # --text-entry first: the only blocks that read the caption
-    "down_blocks.0.attentions.0": "fine, early (16x16)",
-    "down_blocks.0.attentions.1": "fine, early, the caption's last (16x16)",
-}
-MIDDLE_ENTRY_BLOCK_ROLES = {  # --text-entry middle: the caption enters only in the middle block
-    "mid_block.attentions.0": "coarse, the caption's only (8x8)",
-    "up_blocks.1.attentions.0": "fine, late, text-free (16x16)",
-    "up_blocks.1.attentions.1": "fine, last, text-free (16x16)",
-}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -320,9 +303,7 @@ def save_assets(out: Path, vae, text_encoder, tokenizer, unet, info: dict) -> No
     pipe.save_pretrained(out, safe_serialization=True)
     file = out / "paint_app.json"
     previous = json.loads(file.read_text()) if file.exists() else {}  # keep choices made later (SAE blocks...)
-    roles = {"first": FIRST_ENTRY_BLOCK_ROLES, "middle": MIDDLE_ENTRY_BLOCK_ROLES}.get(info.get("text_entry"),
-                                                                                   BLOCK_ROLES)
-    defaults = {"blocks": roles, **previous, **DEFAULTS, "sae_dir": "saes"}
+    defaults = {"blocks": BLOCK_ROLES[info.get("text_entry", "all")], **previous, **DEFAULTS, "sae_dir": "saes"}
     file.write_text(json.dumps(defaults, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     write_reference(out)
