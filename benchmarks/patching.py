@@ -33,19 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     from paint_app.errors import ModelError
     from paint_app.models import load_model
     from paint_app.toyworld.judges import Judges
-    from paint_app.toyworld.patching import ceilings, colour_pairs, table
-    from sae.pipelines import unet_blocks
+    from paint_app.toyworld.patching import ceilings, colour_pairs, table, unknown_blocks
 
     try:
         loaded = load_model(args.model, device="cpu")
     except ModelError as exc:
         print(f"patching: error: {exc}", file=sys.stderr)
         return 2
-    names = [b.name for b in unet_blocks(loaded.pipeline.unet, 64, 64)]
-    unknown = sorted(set(args.blocks or []) - set(names))
-    if unknown:
-        print(f"patching: error: --blocks names {', '.join(unknown)}; this UNet's transformer blocks are: "
-              f"{', '.join(names)}", file=sys.stderr)
+    problem = unknown_blocks(loaded.pipeline.unet, args.blocks or [], loaded.profile.width)
+    if problem:
+        print(f"patching: error: {problem}", file=sys.stderr)
         return 2
     profile = loaded.profile
     started = time.perf_counter()

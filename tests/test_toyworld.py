@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -337,6 +338,57 @@ def test_patching_replays_a_block_and_the_last_block_carries_the_colour(toy):
     # on its object's left-half cells: the donor's values, or their mean set there, recolour the object; the same
     # mean reached by adding the difference of the two runs' means does not (the block holds colour as a value)
     assert (row.left_pairs, row.left_half, row.mean_replaced, row.mean_added) == (1, 1.0, 1.0, 0.0)
+
+
+def test_prototype_replacement_paints_a_colour_in_the_rectangle_and_keeps_the_rest(toy):
+    from paint_app.toyworld.prototypes import LATE_BLOCKS, PrototypePainter, colour_prototypes, paint_colours
+
+    painter = PrototypePainter(toy.pipeline, list(LATE_BLOCKS), steps=8, guidance=3.0, size=64)
+    prototypes = colour_prototypes(painter, "red", n_scenes=2)
+    # one vector per UNet call (step) and CFG half, of each block's width
+    assert {b: tuple(p.shape) for b, p in prototypes.items()} == {
+        "up_blocks.0.attentions.1": (8, 2, 64), "up_blocks.1.attentions.0": (8, 2, 32),
+        "up_blocks.1.attentions.1": (8, 2, 32)}
+    [kept] = paint_colours(painter, Judges.load(), {"red": prototypes}, k=1, keep=True)
+    [free] = paint_colours(painter, Judges.load(), {"red": prototypes}, k=1, keep=False)
+    assert kept.success == 1.0  # PaintBench's first red trial: judged red inside the rectangle
+    # the app's "keep the rest" holds the rest exactly; left free, the painted run moves pixels far from it
+    assert kept.far_leakage == 0.0 < free.far_leakage
+
+
+def test_prototypes_chosen_by_an_sae_feature_need_a_labelled_feature(toy, tmp_path):
+    import shutil
+
+    from paint_app.toyworld.prototypes import PrototypePainter, sae_prototypes
+    from sae.labels import Label, save_labels
+
+    blocks = ["up_blocks.0.attentions.1", "up_blocks.1.attentions.0"]
+    painter = PrototypePainter(toy.pipeline, blocks, steps=8, guidance=3.0, size=64)
+    shipped = TOY_DIR / "saes" / "up_blocks.1.attentions.0"
+    chosen = sae_prototypes(painter, shipped, ["red", "blue"], n_prompts=3, top=0.5)
+    assert {c: {b: tuple(p.shape) for b, p in protos.items()} for c, protos in chosen.items()} == {
+        c: {"up_blocks.0.attentions.1": (8, 2, 64), "up_blocks.1.attentions.0": (8, 2, 32)} for c in ("red", "blue")}
+    assert not torch.allclose(chosen["red"]["up_blocks.1.attentions.0"], chosen["blue"]["up_blocks.1.attentions.0"])
+    for name in ("config.json", "sae.safetensors"):
+        shutil.copy2(shipped / name, tmp_path / name)
+    save_labels(tmp_path, {0: Label("red", 0.5, "ground-truth")})
+    with pytest.raises(ValueError, match="has no feature labelled purple"):
+        sae_prototypes(painter, tmp_path, ["red", "purple"], n_prompts=1)
+
+
+def test_benchmarks_name_unknown_blocks_and_bad_counts(toy, capsys):
+    from paint_app.toyworld.patching import unknown_blocks
+
+    assert unknown_blocks(toy.pipeline.unet, ["up_blocks.1.attentions.0"], 64) is None
+    problem = unknown_blocks(toy.pipeline.unet, ["up_blocks.9.attentions.0"], 64)
+    assert problem.startswith("--blocks names up_blocks.9.attentions.0; this UNet's transformer blocks are: ")
+    assert "up_blocks.1.attentions.1" in problem
+    spec = importlib.util.spec_from_file_location("prototypes_bench", TOY_DIR.parents[1] / "benchmarks/prototypes.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit):
+        bench.main(["--scenes", "0"])
+    assert "--scenes is 0; allowed: an integer >= 1" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------------

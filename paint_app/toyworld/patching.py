@@ -176,6 +176,15 @@ def ceilings(pipe, judges: Judges, pairs: list[tuple[str, str, str, int]], steps
             for b, h in hits.items()]
 
 
+def unknown_blocks(unet, blocks: list[str], size: int) -> str | None:
+    """An error naming ``blocks`` the UNet lacks and listing its transformer blocks, or None when all exist."""
+    names = [b.name for b in unet_blocks(unet, size, size)]
+    unknown = sorted(set(blocks) - set(names))
+    if not unknown:
+        return None
+    return f"--blocks names {', '.join(unknown)}; this UNet's transformer blocks are: {', '.join(names)}"
+
+
 def table(rows: list[BlockCeiling], start: int) -> str:
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.0f}%"

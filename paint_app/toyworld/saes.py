@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "assets" / "toy" / "saes")
     parser.add_argument("--label-scenes", type=int, default=300)
     parser.add_argument("--n-factors", type=int, default=24)
+    parser.add_argument("--site", choices=("delta", "output"), default="delta",
+                        help="what the SAEs read: the block's update (the shipped SAEs) or its output")
     parser.add_argument("--overwrite", action="store_true", help="replace SAEs already in --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     acts = args.work / "acts"
     block_flags = [flag for block in args.blocks for flag in ("--block", block)]
     run_sae("collect", "--model", args.model, *block_flags, "--prompts", str(prompt_file), "--out", str(acts),
-            "--batch-size", "16", "--device", "cpu", "--overwrite")
+            "--batch-size", "16", "--device", "cpu", "--site", args.site, "--overwrite")
     for block in args.blocks:
         features, k = BLOCKS[block]
         trained = args.work / "saes" / block

@@ -1,0 +1,208 @@
+"""Prototype replacement (toy): can late blocks paint a colour when their activations are overwritten, not added to?
+
+A colour's prototype at a block is the block's mean output over the grid cells the colour covers, one vector per
+denoising step and CFG half, measured on generations of ``a {colour} plain {shape}`` (plain texture, so the mean
+is the colour's and not a stripe's). Painting replaces the chosen blocks' outputs in a rectangle's cells with
+the prototype on every step from ``start`` on; with ``keep_outside`` the latents outside the rectangle follow the
+unpainted run after every step and its pixels are pasted back there, as the app's "keep the rest" option does.
+
+Without ground truth (``sae_prototypes``), a colour's cells are chosen by an SAE instead: the cells where its
+feature that best reads the colour (highest label score) fires in the top ``top`` fraction of its positive
+activations, on the last step of generations of the world's captions; the prototypes are the mean outputs there.
+That is what a ``replace`` edit of a feature could use on any model.
+
+It runs on PaintBench's own colour trials (``bench.scene_lacking`` and ``bench.random_rect`` with the same seeds)
+and judges them as PaintBench does: success is the colour judged inside the rectangle, leakage the pixels beyond
+``EDGE_PX`` of it that moved. The painting itself edits no SAE code: this measures what an edit that *replaces*
+a block's activations could paint, against the ``add`` edits of features and factors that PaintBench measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from paint_app.steering import keep_outside, paste_outside
+from sae.hooks import block_input, block_output, forward_hooks, replace_block_output, site_value
+from sae.labels import load_labels
+from sae.model import SAE
+from sae.pipelines import get_block
+
+from .bench import BENCH_SEED_BASE, EDGE_PX, concepts_to_paint, leakage, random_rect, rect_mask, scene_lacking
+from .judges import Judges, classify_pixels
+from .labels import best_labelled
+from .patching import Patcher, Recording, grid_cells
+from .world import COLOUR_NAMES, SHAPES, caption, prompts
+
+PROTOTYPE_SEED_BASE = 90_000_000
+SAE_PROMPT_SEED_BASE = 91_000_000
+LATE_BLOCKS = ("up_blocks.0.attentions.1", "up_blocks.1.attentions.0", "up_blocks.1.attentions.1")
+
+Prototypes = dict[str, torch.Tensor]  # block name: [UNet calls, batch rows, channels]
+
+
+@dataclass
+class PrototypeResult:
+    colour: str
+    success: float  # the colour judged inside the rectangle
+    leakage: float  # pixels outside the rectangle that moved
+    far_leakage: float  # ... beyond EDGE_PX of it
+    n: int
+
+
+def colour_prototypes(patcher: Patcher, colour: str, n_scenes: int) -> Prototypes:
+    """The colour's mean output at each of the patcher's blocks over the cells it covers, per UNet call and row."""
+    index = COLOUR_NAMES.index(colour)
+    sums: dict[str, torch.Tensor] = {}
+    weight = 0.0
+    for j in range(n_scenes):
+        prompt = f"a {colour} plain {SHAPES[j % len(SHAPES)]}"
+        image, recording = patcher.record(prompt, PROTOTYPE_SEED_BASE + 100 * index + j)
+        pixels = classify_pixels(image) == index
+        if not pixels.any():
+            continue
+        cells = grid_cells(pixels, max(outputs[0].shape[-1] for outputs in recording.values()))
+        weight += float(cells.sum())
+        for block, total in weighted_means(recording, cells).items():
+            sums[block] = sums.get(block, 0) + total
+    if not sums:
+        raise ValueError(f"no generation of {colour!r} showed that colour; no prototype")
+    return {block: total / weight for block, total in sums.items()}
+
+
+def weighted_means(recording: Recording, cells: torch.Tensor) -> Prototypes:
+    """Each block's output summed over ``cells`` (weights on the finest grid, pooled to coarser ones), per call and
+    CFG row: {block: [calls, rows, channels]}."""
+    sums = {}
+    for block, outputs in recording.items():
+        grid = outputs[0].shape[-1]
+        weights = cells if grid == cells.shape[-1] else \
+            torch.nn.functional.adaptive_avg_pool2d(cells[None, None], grid)[0, 0]
+        sums[block] = torch.stack([(o * weights).sum((-2, -1)) for o in outputs])
+    return sums
+
+
+def sae_prototypes(patcher: Patcher, sae_folder: Path | str, colours: list[str], n_prompts: int = 96,
+                   top: float = 0.1) -> dict[str, Prototypes]:
+    """Per colour, prototypes over the cells where the SAE's best-reading feature for it fires most (module doc)."""
+    sae, labels = SAE.from_pretrained(sae_folder), load_labels(sae_folder)
+    features = {colour: best_labelled(labels, colour, "read") for colour in colours}
+    missing = [colour for colour, feature in features.items() if feature is None]
+    if missing:
+        raise ValueError(f"the SAE in {sae_folder} has no feature labelled {', '.join(missing)}")
+    last_site: list[torch.Tensor] = []
+
+    def read_site(module, args, kwargs, output):
+        value = site_value(sae.config.site, block_input(args, kwargs), block_output(output))
+        last_site[:] = [value[-1]]  # the conditional half with CFG
+
+    codes, recordings = [], []
+    for i, prompt in enumerate(prompts(n_prompts, SAE_PROMPT_SEED_BASE)):
+        with forward_hooks({get_block(patcher.pipe.unet, sae.config.block): read_site}):
+            recordings.append(patcher.record(prompt, SAE_PROMPT_SEED_BASE + i)[1])
+        x = last_site[0].permute(1, 2, 0).reshape(-1, sae.d_in)
+        codes.append(sae.encode(x.to(sae.W_dec.dtype)).detach())
+    grid = last_site[0].shape[-1]
+    result = {}
+    for colour, feature in features.items():
+        activation = torch.stack([c[:, feature] for c in codes])  # [prompts, cells]
+        positive = activation[activation > 0]
+        if positive.numel() == 0:
+            raise ValueError(f"feature {feature} ({colour}) never fired on {n_prompts} captions; no prototype")
+        chosen = (activation >= torch.quantile(positive, 1 - top)).float()
+        sums: dict[str, torch.Tensor] = {}
+        for recording, cells in zip(recordings, chosen):
+            for block, total in weighted_means(recording, cells.reshape(grid, grid)).items():
+                sums[block] = sums.get(block, 0) + total
+        weight = float(chosen.sum())
+        result[colour] = {block: total / weight for block, total in sums.items()}
+    return result
+
+
+class PrototypePainter(Patcher):
+    """Generates with the blocks' outputs in a rectangle replaced by a colour's prototypes."""
+
+    def generate_with(self, prompt: str, seed: int, hooks: dict | None = None, on_step=None) -> np.ndarray:
+        generator = torch.Generator(self.pipe.unet.device).manual_seed(seed)
+        with forward_hooks(hooks or {}):
+            output = self.pipe(prompt, generator=generator, callback_on_step_end=on_step,
+                               callback_on_step_end_tensor_inputs=["latents"], **self.settings)
+        return np.asarray(output.images[0].convert("RGB"))
+
+    def unpainted(self, prompt: str, seed: int) -> tuple[np.ndarray, list[torch.Tensor]]:
+        latents: list[torch.Tensor] = []
+
+        def record(pipe, index, timestep, tensors):
+            latents.append(tensors["latents"].clone())
+            return tensors
+
+        return self.generate_with(prompt, seed, on_step=record), latents
+
+    def painted(self, prompt: str, seed: int, prototypes: Prototypes, mask: np.ndarray, start: int = 0,
+                unpainted: tuple[np.ndarray, list[torch.Tensor]] | None = None) -> np.ndarray:
+        """Replaced from UNet call ``start`` on in ``mask``'s cells; the rest kept when ``unpainted`` is given."""
+        hooks = {get_block(self.pipe.unet, block): self._replacer(prototypes[block], mask, start)
+                 for block in self.blocks}
+        if unpainted is None:
+            return self.generate_with(prompt, seed, hooks)
+        image, latents = unpainted
+        cover = grid_cells(mask, latents[0].shape[-1])
+
+        def blend(pipe, index, timestep, tensors):
+            tensors["latents"] = keep_outside(tensors["latents"], latents[index], cover)
+            return tensors
+
+        painted = self.generate_with(prompt, seed, hooks, on_step=blend)
+        return np.asarray(paste_outside(Image.fromarray(painted), Image.fromarray(image), cover))
+
+    @staticmethod
+    def _replacer(prototype: torch.Tensor, mask: np.ndarray, start: int):
+        calls = iter(range(len(prototype)))
+
+        def replace(module, args, kwargs, output):
+            index = next(calls)
+            if index < start:
+                return None
+            current = block_output(output)
+            cells = grid_cells(mask, current.shape[-1]).to(current.device, current.dtype)
+            value = prototype[index][:, :, None, None].to(current.device, current.dtype)
+            return replace_block_output(output, cells * value + (1 - cells) * current)
+
+        return replace
+
+
+def paint_colours(painter: PrototypePainter, judges: Judges, prototypes: dict[str, Prototypes], k: int,
+                  start: int = 0, keep: bool = True) -> list[PrototypeResult]:
+    """Per colour of ``prototypes``, on PaintBench's first ``k`` trials of it: replace the painter's blocks in the
+    rectangle with the colour's prototypes and judge."""
+    size = painter.settings["width"]
+    results = []
+    for colour, prototype in prototypes.items():
+        rng = np.random.default_rng([BENCH_SEED_BASE, concepts_to_paint().index(colour)])
+        hits, leaks, far = [], [], []
+        for i in range(k):
+            scene, seed = scene_lacking(colour, BENCH_SEED_BASE + 1000 * i)
+            prompt = caption(scene, np.random.default_rng(seed))
+            mask = rect_mask(random_rect(rng, size), size)
+            unpainted = painter.unpainted(prompt, seed)
+            painted = painter.painted(prompt, seed, prototype, mask, start, unpainted if keep else None)
+            hits.append(judges.colour(painted, mask)[0] == colour)
+            leaks.append(leakage(unpainted[0], painted, mask))
+            far.append(leakage(unpainted[0], painted, mask, EDGE_PX))
+        results.append(PrototypeResult(colour, float(np.mean(hits)), float(np.mean(leaks)), float(np.mean(far)), k))
+    return results
+
+
+def table(results: list[PrototypeResult]) -> str:
+    lines = [f"| colour | success | leakage | leakage beyond {EDGE_PX} px |", "|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.colour} | {100 * r.success:.0f}% of {r.n} | {100 * r.leakage:.0f}% | "
+                     f"{100 * r.far_leakage:.0f}% |")
+    mean = {key: 100 * float(np.mean([getattr(r, key) for r in results])) for key in ("success", "leakage",
+                                                                                     "far_leakage")}
+    lines.append(f"| **mean** | **{mean['success']:.0f}%** | {mean['leakage']:.0f}% | {mean['far_leakage']:.0f}% |")
+    return "\n".join(lines)
