@@ -30,17 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--pairs is {args.pairs}; allowed: an integer >= 1")
     torch.set_num_threads(args.threads)
 
-    from paint_app.errors import ModelError
-    from paint_app.models import load_model
     from paint_app.toyworld.judges import Judges
-    from paint_app.toyworld.patching import ceilings, colour_pairs, table, unknown_blocks
+    from paint_app.toyworld.patching import ceilings, colour_pairs, load_with_blocks, table
 
-    try:
-        loaded = load_model(args.model, device="cpu")
-    except ModelError as exc:
-        print(f"patching: error: {exc}", file=sys.stderr)
-        return 2
-    problem = unknown_blocks(loaded.pipeline.unet, args.blocks or [], loaded.profile.width)
+    loaded, problem = load_with_blocks(args.model, args.blocks or [])
     if problem:
         print(f"patching: error: {problem}", file=sys.stderr)
         return 2

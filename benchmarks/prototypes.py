@@ -47,23 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sae is {args.sae}; allowed: a folder holding an SAE (sae.safetensors, config.json)")
     torch.set_num_threads(args.threads)
 
-    from paint_app.errors import ModelError
-    from paint_app.models import load_model
     from paint_app.toyworld.judges import Judges
-    from paint_app.toyworld.patching import unknown_blocks
+    from paint_app.toyworld.patching import load_with_blocks
     from paint_app.toyworld.prototypes import PrototypePainter, colour_prototypes, paint_colours, sae_prototypes, table
     from paint_app.toyworld.world import COLOUR_NAMES
 
-    try:
-        loaded = load_model(args.model, device="cpu")
-    except ModelError as exc:
-        print(f"prototypes: error: {exc}", file=sys.stderr)
-        return 2
-    profile = loaded.profile
-    problem = unknown_blocks(loaded.pipeline.unet, args.blocks, profile.width)
+    loaded, problem = load_with_blocks(args.model, args.blocks)
     if problem:
         print(f"prototypes: error: {problem}", file=sys.stderr)
         return 2
+    profile = loaded.profile
     if not 0 <= args.start < profile.steps:
         parser.error(f"--start is {args.start}; allowed: 0 to {profile.steps - 1} (the model samples "
                      f"{profile.steps} steps)")

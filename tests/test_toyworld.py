@@ -377,12 +377,13 @@ def test_prototypes_chosen_by_an_sae_feature_need_a_labelled_feature(toy, tmp_pa
 
 
 def test_benchmarks_name_unknown_blocks_and_bad_counts(toy, capsys):
-    from paint_app.toyworld.patching import unknown_blocks
+    from paint_app.toyworld.patching import load_with_blocks, unknown_blocks
 
     assert unknown_blocks(toy.pipeline.unet, ["up_blocks.1.attentions.0"], 64) is None
     problem = unknown_blocks(toy.pipeline.unet, ["up_blocks.9.attentions.0"], 64)
     assert problem.startswith("--blocks names up_blocks.9.attentions.0; this UNet's transformer blocks are: ")
     assert "up_blocks.1.attentions.1" in problem
+    assert load_with_blocks("toy", ["up_blocks.9.attentions.0"]) == (None, problem)
     spec = importlib.util.spec_from_file_location("prototypes_bench", TOY_DIR.parents[1] / "benchmarks/prototypes.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -185,6 +185,19 @@ def unknown_blocks(unet, blocks: list[str], size: int) -> str | None:
     return f"--blocks names {', '.join(unknown)}; this UNet's transformer blocks are: {', '.join(names)}"
 
 
+def load_with_blocks(model: str, blocks: list[str]):
+    """(the model loaded on the CPU, None), or (None, why not): an unknown model, or ``blocks`` it lacks."""
+    from paint_app.errors import ModelError
+    from paint_app.models import load_model
+
+    try:
+        loaded = load_model(model, device="cpu")
+    except ModelError as exc:
+        return None, str(exc)
+    problem = unknown_blocks(loaded.pipeline.unet, blocks, loaded.profile.width)
+    return (None, problem) if problem else (loaded, None)
+
+
 def table(rows: list[BlockCeiling], start: int) -> str:
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.0f}%"
