@@ -1,9 +1,10 @@
 """Prototype replacement (toy): paint colours by overwriting late blocks' outputs with each colour's prototype.
 
     python benchmarks/prototypes.py [--model toy] [--k 8] [--blocks B ...] [--start 0] [--no-keep-outside]
-                                    [--scenes 6] [--sae DIR [--prompts 96] [--top 0.1]] [--json out.json]
+                                    [--scenes 6] [--sae DIR [--prompts 96] [--top 0.1]] [--erase] [--json out.json]
 
-Runs on PaintBench's own colour trials; see ``paint_app.toyworld.prototypes`` for what is measured. Prints one
+Runs on PaintBench's own colour trials (with ``--erase``, its erase trials: each object of the colour is
+overwritten with the scene's background prototype); see ``paint_app.toyworld.prototypes`` for what is measured. Prints one
 row per colour and their mean.
 """
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=96, help="with --sae: captions whose cells are chosen")
     parser.add_argument("--top", type=float, default=0.1,
                         help="with --sae: the top fraction of the feature's positive activations chosen")
+    parser.add_argument("--erase", action="store_true",
+                        help="erase each colour's objects with the background's prototype (PaintBench's erase trials)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -49,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from paint_app.toyworld.judges import Judges
     from paint_app.toyworld.patching import load_with_blocks
-    from paint_app.toyworld.prototypes import PrototypePainter, colour_prototypes, paint_colours, sae_prototypes, table
+    from paint_app.toyworld.prototypes import (
+        PrototypePainter,
+        background_prototypes,
+        colour_prototypes,
+        erase_colours,
+        paint_colours,
+        sae_prototypes,
+        table,
+    )
     from paint_app.toyworld.world import COLOUR_NAMES
 
     loaded, problem = load_with_blocks(args.model, args.blocks)
@@ -63,8 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     loaded.pipeline.set_progress_bar_config(disable=True)
     started = time.perf_counter()
     painter = PrototypePainter(loaded.pipeline, args.blocks, profile.steps, profile.guidance, profile.width)
+    if args.sae and args.erase:
+        parser.error("--erase takes the background's prototypes from the ground truth; leave out --sae")
     try:
-        if args.sae:
+        if args.erase:
+            prototypes = background_prototypes(painter, args.scenes)
+            source = f"the background's pixels in {args.scenes} generations on it, erasing each colour's objects"
+        elif args.sae:
             prototypes = sae_prototypes(painter, args.sae, list(COLOUR_NAMES), args.prompts, args.top)
             source = (f"cells chosen by the SAE in {args.sae} (top {args.top:g} of each colour's best-reading "
                       f"feature on {args.prompts} captions)")
@@ -74,12 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"prototypes: error: {exc}", file=sys.stderr)
         return 2
-    results = paint_colours(painter, Judges.load(), prototypes, args.k, args.start, args.keep)
+    paint = erase_colours if args.erase else paint_colours
+    results = paint(painter, Judges.load(), prototypes, args.k, args.start, args.keep)
     header = (f"Prototype replacement (toy), model {args.model}, blocks {', '.join(args.blocks)}, K={args.k} "
               f"PaintBench trials per colour, prototypes over {source}, steps >= {args.start}, "
               f"{'outside kept' if args.keep else 'outside free'}, {profile.steps} steps, guidance "
               f"{profile.guidance}; {time.perf_counter() - started:.0f} s on cpu")
-    print(f"\n{header}\n\n{table(results)}\n")
+    print(f"\n{header}\n\n{table(results, args.erase)}\n")
     if args.json:
         args.json.write_text(json.dumps({"header": header, "results": [asdict(r) for r in results]}, indent=1)
                              + "\n")

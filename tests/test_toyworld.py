@@ -356,6 +356,18 @@ def test_prototype_replacement_paints_a_colour_in_the_rectangle_and_keeps_the_re
     assert kept.far_leakage == 0.0 < free.far_leakage
 
 
+def test_background_prototypes_erase_each_colour_on_its_first_erase_trial(toy):
+    from paint_app.toyworld.prototypes import LATE_BLOCKS, PrototypePainter, background_prototypes, erase_colours
+    from paint_app.toyworld.world import BACKGROUND_NAMES, COLOUR_NAMES
+
+    painter = PrototypePainter(toy.pipeline, list(LATE_BLOCKS), steps=8, guidance=3.0, size=64)
+    backgrounds = background_prototypes(painter, n_scenes=1)
+    assert sorted(backgrounds) == sorted(BACKGROUND_NAMES)
+    results = erase_colours(painter, Judges.load(), backgrounds, k=1)
+    assert [r.colour for r in results] == list(COLOUR_NAMES)
+    assert all(r.success == 1.0 and r.far_leakage == 0.0 for r in results)  # colour gone, the rest kept
+
+
 def test_prototypes_chosen_by_an_sae_feature_need_a_labelled_feature(toy, tmp_path):
     import shutil
 

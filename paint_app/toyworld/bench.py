@@ -177,22 +177,31 @@ class Bench:
         kind = CONCEPT_KIND[concept]
         removed = []
         for i in range(self.k):
-            seed = BENCH_SEED_BASE + 500_000 + 1000 * i
-            pins = {kind: concept}
-            scene = scene_for_seed(seed, n_objects=1, **pins)
-            prompt = caption(scene, form="full" if kind == "texture" else "plain")
+            scene, prompt, seed = erase_scene(kind, concept, i)
             base = self.image(prompt, seed)
             region = object_region(base)
             if region is None or self.judged(kind, base, region) != concept:
                 continue
-            rows, cols = np.nonzero(region)
-            rect = [int(cols.min()) // 4 * 4, int(rows.min()) // 4 * 4, -(-(int(cols.max()) + 1) // 4) * 4,
-                    -(-(int(rows.max()) + 1) // 4) * 4]
+            rect = region_rect(region)
             layer = Layer(block=block, mask=Mask(rects=[rect]), feature=feature, mode="erase",
                           step_range=self.step_range)
             painted = self.image(prompt, seed, [layer])
             removed.append(self.judged(kind, painted, rect_mask(rect)) != concept)
         return (float(np.mean(removed)) if removed else None), len(removed)
+
+
+def erase_scene(kind: str, concept: str, i: int):
+    """The ``i``-th erase trial of a concept: (a one-object scene that has it, its caption, the seed)."""
+    seed = BENCH_SEED_BASE + 500_000 + 1000 * i
+    scene = scene_for_seed(seed, n_objects=1, **{kind: concept})
+    return scene, caption(scene, form="full" if kind == "texture" else "plain"), seed
+
+
+def region_rect(region: np.ndarray) -> list[int]:
+    """The bounding box of a boolean region, grown to the 4-px grid: [x0, y0, x1, y1]."""
+    rows, cols = np.nonzero(region)
+    return [int(cols.min()) // 4 * 4, int(rows.min()) // 4 * 4, -(-(int(cols.max()) + 1) // 4) * 4,
+            -(-(int(rows.max()) + 1) // 4) * 4]
 
 
 def concepts_to_paint() -> list[str]:

@@ -11,7 +11,10 @@ feature that best reads the colour (highest label score) fires in the top ``top`
 activations, on the last step of generations of the world's captions; the prototypes are the mean outputs there.
 That is what a ``replace`` edit of a feature could use on any model.
 
-It runs on PaintBench's own colour trials (``bench.scene_lacking`` and ``bench.random_rect`` with the same seeds)
+Erasing (``erase_colours``) replaces them with the scene's background instead: its prototype is the mean output
+over the background's cells in generations of objects on that background.
+
+It runs on PaintBench's own colour trials (and erase trials) (``bench.scene_lacking`` and ``bench.random_rect`` with the same seeds)
 and judges them as PaintBench does: success is the colour judged inside the rectangle, leakage the pixels beyond
 ``EDGE_PX`` of it that moved. The painting itself edits no SAE code: this measures what an edit that *replaces*
 a block's activations could paint, against the ``add`` edits of features and factors that PaintBench measures.
@@ -32,14 +35,26 @@ from sae.labels import load_labels
 from sae.model import SAE
 from sae.pipelines import get_block
 
-from .bench import BENCH_SEED_BASE, EDGE_PX, concepts_to_paint, leakage, random_rect, rect_mask, scene_lacking
-from .judges import Judges, classify_pixels
+from .bench import (
+    BENCH_SEED_BASE,
+    EDGE_PX,
+    concepts_to_paint,
+    erase_scene,
+    leakage,
+    random_rect,
+    rect_mask,
+    region_rect,
+    scene_lacking,
+)
+from .evaluate import object_region
+from .judges import Judges, classify_pixels, colour_fractions
 from .labels import best_labelled
 from .patching import Patcher, Recording, grid_cells
-from .world import COLOUR_NAMES, SHAPES, caption, prompts
+from .world import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES, caption, prompts
 
 PROTOTYPE_SEED_BASE = 90_000_000
 SAE_PROMPT_SEED_BASE = 91_000_000
+BACKGROUND_SEED_BASE = 93_000_000
 LATE_BLOCKS = ("up_blocks.0.attentions.1", "up_blocks.1.attentions.0", "up_blocks.1.attentions.1")
 
 Prototypes = dict[str, torch.Tensor]  # block name: [UNet calls, batch rows, channels]
@@ -52,17 +67,35 @@ class PrototypeResult:
     leakage: float  # pixels outside the rectangle that moved
     far_leakage: float  # ... beyond EDGE_PX of it
     n: int
+    cover: float | None = None  # the share of the rectangle's pixels judged the colour (erasing: background)
 
 
 def colour_prototypes(patcher: Patcher, colour: str, n_scenes: int) -> Prototypes:
     """The colour's mean output at each of the patcher's blocks over the cells it covers, per UNet call and row."""
     index = COLOUR_NAMES.index(colour)
+    generations = [(f"a {colour} plain {SHAPES[j % len(SHAPES)]}", PROTOTYPE_SEED_BASE + 100 * index + j)
+                   for j in range(n_scenes)]
+    return pixel_prototypes(patcher, generations, lambda image: classify_pixels(image) == index, repr(colour))
+
+
+def background_prototypes(patcher: Patcher, n_scenes: int) -> dict[str, Prototypes]:
+    """Per background, its mean output over the background's cells in generations of objects on it."""
+    result = {}
+    for b, background in enumerate(BACKGROUND_NAMES):
+        generations = [(f"a {COLOUR_NAMES[j % len(COLOUR_NAMES)]} {SHAPES[j % len(SHAPES)]} on {background}",
+                        BACKGROUND_SEED_BASE + 100 * b + j) for j in range(n_scenes)]
+        result[background] = pixel_prototypes(patcher, generations, lambda image: classify_pixels(image) < 0,
+                                              f"the background {background!r}")
+    return result
+
+
+def pixel_prototypes(patcher: Patcher, generations: list[tuple[str, int]], chosen, what: str) -> Prototypes:
+    """The mean output over the cells of the pixels ``chosen(image)`` marks, over the (prompt, seed) generations."""
     sums: dict[str, torch.Tensor] = {}
     weight = 0.0
-    for j in range(n_scenes):
-        prompt = f"a {colour} plain {SHAPES[j % len(SHAPES)]}"
-        image, recording = patcher.record(prompt, PROTOTYPE_SEED_BASE + 100 * index + j)
-        pixels = classify_pixels(image) == index
+    for prompt, seed in generations:
+        image, recording = patcher.record(prompt, seed)
+        pixels = chosen(image)
         if not pixels.any():
             continue
         cells = grid_cells(pixels, max(outputs[0].shape[-1] for outputs in recording.values()))
@@ -70,7 +103,7 @@ def colour_prototypes(patcher: Patcher, colour: str, n_scenes: int) -> Prototype
         for block, total in weighted_means(recording, cells).items():
             sums[block] = sums.get(block, 0) + total
     if not sums:
-        raise ValueError(f"no generation of {colour!r} showed that colour; no prototype")
+        raise ValueError(f"no generation showed {what}; no prototype")
     return {block: total / weight for block, total in sums.items()}
 
 
@@ -183,7 +216,7 @@ def paint_colours(painter: PrototypePainter, judges: Judges, prototypes: dict[st
     results = []
     for colour, prototype in prototypes.items():
         rng = np.random.default_rng([BENCH_SEED_BASE, concepts_to_paint().index(colour)])
-        hits, leaks, far = [], [], []
+        hits, leaks, far, cover = [], [], [], []
         for i in range(k):
             scene, seed = scene_lacking(colour, BENCH_SEED_BASE + 1000 * i)
             prompt = caption(scene, np.random.default_rng(seed))
@@ -193,16 +226,47 @@ def paint_colours(painter: PrototypePainter, judges: Judges, prototypes: dict[st
             hits.append(judges.colour(painted, mask)[0] == colour)
             leaks.append(leakage(unpainted[0], painted, mask))
             far.append(leakage(unpainted[0], painted, mask, EDGE_PX))
-        results.append(PrototypeResult(colour, float(np.mean(hits)), float(np.mean(leaks)), float(np.mean(far)), k))
+            cover.append(colour_fractions(painted, mask)[colour])
+        results.append(PrototypeResult(colour, float(np.mean(hits)), float(np.mean(leaks)), float(np.mean(far)), k,
+                                       float(np.mean(cover))))
     return results
 
 
-def table(results: list[PrototypeResult]) -> str:
-    lines = [f"| colour | success | leakage | leakage beyond {EDGE_PX} px |", "|---|---|---|---|"]
+def erase_colours(painter: PrototypePainter, judges: Judges, backgrounds: dict[str, Prototypes], k: int,
+                  start: int = 0, keep: bool = True) -> list[PrototypeResult]:
+    """Per colour, on PaintBench's first ``k`` erase trials of it (an object of that colour, its box on the 4-px
+    grid): replace the painter's blocks in the box with the scene's background prototypes; success is the colour
+    judged gone there (trials whose unpainted object is not judged that colour are skipped, as PaintBench does)."""
+    results = []
+    for colour in COLOUR_NAMES:
+        gone, leaks, far, cover = [], [], [], []
+        for i in range(k):
+            scene, prompt, seed = erase_scene("colour", colour, i)
+            unpainted = painter.unpainted(prompt, seed)
+            region = object_region(unpainted[0])
+            if region is None or judges.colour(unpainted[0], region)[0] != colour:
+                continue
+            mask = rect_mask(region_rect(region), painter.settings["width"])
+            painted = painter.painted(prompt, seed, backgrounds[scene.background], mask, start,
+                                      unpainted if keep else None)
+            gone.append(judges.colour(painted, mask)[0] != colour)
+            leaks.append(leakage(unpainted[0], painted, mask))
+            far.append(leakage(unpainted[0], painted, mask, EDGE_PX))
+            cover.append(colour_fractions(painted, mask)["background"])
+        if gone:
+            results.append(PrototypeResult(colour, float(np.mean(gone)), float(np.mean(leaks)), float(np.mean(far)),
+                                           len(gone), float(np.mean(cover))))
+    return results
+
+
+def table(results: list[PrototypeResult], erasing: bool = False) -> str:
+    success, cover = ("removal", "pixels judged background") if erasing else ("success", "pixels judged the colour")
+    lines = [f"| colour | {success} | {cover} | leakage | leakage beyond {EDGE_PX} px |", "|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.colour} | {100 * r.success:.0f}% of {r.n} | {100 * r.leakage:.0f}% | "
-                     f"{100 * r.far_leakage:.0f}% |")
-    mean = {key: 100 * float(np.mean([getattr(r, key) for r in results])) for key in ("success", "leakage",
+        lines.append(f"| {r.colour} | {100 * r.success:.0f}% of {r.n} | {100 * r.cover:.0f}% | "
+                     f"{100 * r.leakage:.0f}% | {100 * r.far_leakage:.0f}% |")
+    mean = {key: 100 * float(np.mean([getattr(r, key) for r in results])) for key in ("success", "cover", "leakage",
                                                                                      "far_leakage")}
-    lines.append(f"| **mean** | **{mean['success']:.0f}%** | {mean['leakage']:.0f}% | {mean['far_leakage']:.0f}% |")
+    lines.append(f"| **mean** | **{mean['success']:.0f}%** | {mean['cover']:.0f}% | {mean['leakage']:.0f}% | "
+                 f"{mean['far_leakage']:.0f}% |")
     return "\n".join(lines)
