@@ -1,7 +1,7 @@
 """Prototype replacement (toy): paint colours by overwriting late blocks' outputs with each colour's prototype.
 
     python benchmarks/prototypes.py [--model toy] [--k 8] [--blocks B ...] [--start 0] [--no-keep-outside]
-                                    [--scenes 6] [--sae DIR [--prompts 96] [--top 0.1]] [--erase] [--json out.json]
+                                    [--how set|shift] [--scenes 6] [--sae DIR [--prompts 96] [--top 0.1]] [--erase] [--json out.json]
 
 Runs on PaintBench's own colour trials (with ``--erase``, its erase trials: each object of the colour is
 overwritten with the scene's background prototype); see ``paint_app.toyworld.prototypes`` for what is measured. Prints one
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="toy")
     parser.add_argument("--k", type=int, default=8, help="PaintBench trials per colour")
     parser.add_argument("--blocks", nargs="+", default=list(LATE_BLOCKS), help="the blocks whose outputs are replaced")
+    parser.add_argument("--how", choices=("set", "shift"), default="set",
+                        help="set the rectangle's cells to the prototype, or shift them so their mean is the prototype")
     parser.add_argument("--start", type=int, default=0, help="the first denoising step replaced")
     parser.add_argument("--no-keep-outside", dest="keep", action="store_false",
                         help="let the painted run change the rest of the image (default: keep it, as the app does)")
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{profile.steps} steps)")
     loaded.pipeline.set_progress_bar_config(disable=True)
     started = time.perf_counter()
-    painter = PrototypePainter(loaded.pipeline, args.blocks, profile.steps, profile.guidance, profile.width)
+    painter = PrototypePainter(loaded.pipeline, args.blocks, profile.steps, profile.guidance, profile.width, args.how)
     if args.sae and args.erase:
         parser.error("--erase takes the background's prototypes from the ground truth; leave out --sae")
     try:
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     paint = erase_colours if args.erase else paint_colours
     results = paint(painter, Judges.load(), prototypes, args.k, args.start, args.keep)
     header = (f"Prototype replacement (toy), model {args.model}, blocks {', '.join(args.blocks)}, K={args.k} "
-              f"PaintBench trials per colour, prototypes over {source}, steps >= {args.start}, "
+              f"PaintBench trials per colour, prototypes over {source}, cells {args.how}, steps >= {args.start}, "
               f"{'outside kept' if args.keep else 'outside free'}, {profile.steps} steps, guidance "
               f"{profile.guidance}; {time.perf_counter() - started:.0f} s on cpu")
     print(f"\n{header}\n\n{table(results, args.erase)}\n")

@@ -356,6 +356,28 @@ def test_prototype_replacement_paints_a_colour_in_the_rectangle_and_keeps_the_re
     assert kept.far_leakage == 0.0 < free.far_leakage
 
 
+def test_shifting_cells_to_a_colour_mean_recolours_and_to_their_own_changes_nothing(toy):
+    from paint_app.toyworld.bench import rect_mask, region_rect
+    from paint_app.toyworld.evaluate import object_region
+    from paint_app.toyworld.patching import grid_cells, region_mean
+    from paint_app.toyworld.prototypes import PrototypePainter, colour_prototypes
+
+    blocks = ["up_blocks.1.attentions.0", "up_blocks.1.attentions.1"]
+    painter = PrototypePainter(toy.pipeline, blocks, steps=8, guidance=3.0, size=64, how="shift")
+    image, run = painter.record("a blue square", 7)
+    mask = rect_mask(region_rect(object_region(image)))
+    cells = grid_cells(mask, 16)
+    own_means = {b: torch.stack([region_mean(o, cells)[..., 0, 0] for o in run[b]]) for b in blocks}
+    unchanged = painter.painted("a blue square", 7, own_means, mask)
+    assert np.abs(unchanged.astype(int) - image.astype(int)).max() <= 1  # float rounding at most
+    judges = Judges.load()
+    assert judges.colour(image, mask)[0] == "blue"
+    red = painter.painted("a blue square", 7, colour_prototypes(painter, "red", n_scenes=2), mask)
+    assert judges.colour(red, mask)[0] == "red"
+    with pytest.raises(ValueError, match="allowed: set, shift"):
+        PrototypePainter(toy.pipeline, blocks, steps=8, guidance=3.0, size=64, how="add")
+
+
 def test_background_prototypes_erase_each_colour_on_its_first_erase_trial(toy):
     from paint_app.toyworld.prototypes import LATE_BLOCKS, PrototypePainter, background_prototypes, erase_colours
     from paint_app.toyworld.world import BACKGROUND_NAMES, COLOUR_NAMES

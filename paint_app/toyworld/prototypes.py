@@ -2,8 +2,9 @@
 
 A colour's prototype at a block is the block's mean output over the grid cells the colour covers, one vector per
 denoising step and CFG half, measured on generations of ``a {colour} plain {shape}`` (plain texture, so the mean
-is the colour's and not a stripe's). Painting replaces the chosen blocks' outputs in a rectangle's cells with
-the prototype on every step from ``start`` on; with ``keep_outside`` the latents outside the rectangle follow the
+is the colour's and not a stripe's). Painting overwrites the chosen blocks' outputs in a rectangle's cells on every
+step from ``start`` on: *set* to the prototype, or *shifted* so that their mean is the prototype (each cell keeping
+its own deviation from the mean, which carries what the run's own noise asks of it); with ``keep_outside`` the latents outside the rectangle follow the
 unpainted run after every step and its pixels are pasted back there, as the app's "keep the rest" option does.
 
 Without ground truth (``sae_prototypes``), a colour's cells are chosen by an SAE instead: the cells where its
@@ -49,7 +50,7 @@ from .bench import (
 from .evaluate import object_region
 from .judges import Judges, classify_pixels, colour_fractions
 from .labels import best_labelled
-from .patching import Patcher, Recording, grid_cells
+from .patching import Patcher, Recording, grid_cells, region_mean
 from .world import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES, caption, prompts
 
 PROTOTYPE_SEED_BASE = 90_000_000
@@ -156,8 +157,19 @@ def sae_prototypes(patcher: Patcher, sae_folder: Path | str, colours: list[str],
     return result
 
 
+HOW = ("set", "shift")
+
+
 class PrototypePainter(Patcher):
-    """Generates with the blocks' outputs in a rectangle replaced by a colour's prototypes."""
+    """Generates with the blocks' outputs in a rectangle overwritten with a colour's prototypes: ``how="set"``
+    sets every cell to the prototype; ``"shift"`` shifts the cells by the prototype minus their current mean
+    (at that step, in that run), so their mean becomes the prototype and each keeps its own deviation from it."""
+
+    def __init__(self, pipe, blocks: list[str], steps: int, guidance: float, size: int, how: str = "set") -> None:
+        if how not in HOW:
+            raise ValueError(f"how is {how!r}; allowed: {', '.join(HOW)}")
+        super().__init__(pipe, blocks, steps, guidance, size)
+        self.how = how
 
     def generate_with(self, prompt: str, seed: int, hooks: dict | None = None, on_step=None) -> np.ndarray:
         generator = torch.Generator(self.pipe.unet.device).manual_seed(seed)
@@ -178,7 +190,7 @@ class PrototypePainter(Patcher):
     def painted(self, prompt: str, seed: int, prototypes: Prototypes, mask: np.ndarray, start: int = 0,
                 unpainted: tuple[np.ndarray, list[torch.Tensor]] | None = None) -> np.ndarray:
         """Replaced from UNet call ``start`` on in ``mask``'s cells; the rest kept when ``unpainted`` is given."""
-        hooks = {get_block(self.pipe.unet, block): self._replacer(prototypes[block], mask, start)
+        hooks = {get_block(self.pipe.unet, block): self._replacer(prototypes[block], mask, start, self.how)
                  for block in self.blocks}
         if unpainted is None:
             return self.generate_with(prompt, seed, hooks)
@@ -193,7 +205,7 @@ class PrototypePainter(Patcher):
         return np.asarray(paste_outside(Image.fromarray(painted), Image.fromarray(image), cover))
 
     @staticmethod
-    def _replacer(prototype: torch.Tensor, mask: np.ndarray, start: int):
+    def _replacer(prototype: torch.Tensor, mask: np.ndarray, start: int, how: str):
         calls = iter(range(len(prototype)))
 
         def replace(module, args, kwargs, output):
@@ -203,6 +215,8 @@ class PrototypePainter(Patcher):
             current = block_output(output)
             cells = grid_cells(mask, current.shape[-1]).to(current.device, current.dtype)
             value = prototype[index][:, :, None, None].to(current.device, current.dtype)
+            if how == "shift":
+                return replace_block_output(output, current + cells * (value - region_mean(current, cells)))
             return replace_block_output(output, cells * value + (1 - cells) * current)
 
         return replace
