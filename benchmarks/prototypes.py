@@ -1,11 +1,12 @@
 """Prototype replacement (toy): paint colours by overwriting late blocks' outputs with each colour's prototype.
 
     python benchmarks/prototypes.py [--model toy] [--k 8] [--blocks B ...] [--start 0] [--no-keep-outside]
-                                    [--how set|shift] [--scenes 6] [--sae DIR [--prompts 96] [--top 0.1]] [--erase] [--json out.json]
+                                    [--how set|shift] [--scenes 6] [--sae DIR [--prompts 96] [--top 0.1]]
+                                    [--erase] [--json out.json]
 
 Runs on PaintBench's own colour trials (with ``--erase``, its erase trials: each object of the colour is
-overwritten with the scene's background prototype); see ``paint_app.toyworld.prototypes`` for what is measured. Prints one
-row per colour and their mean.
+overwritten with the scene's background prototype); see ``paint_app.toyworld.prototypes`` for what is
+measured. Prints one row per colour and their mean.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} is {getattr(args, name)}; allowed: an integer >= 1")
     if not 0 < args.top <= 1:
         parser.error(f"--top is {args.top}; allowed: a fraction in (0, 1]")
+    if args.sae and args.erase:
+        parser.error("--erase takes the background's prototypes from the ground truth; leave out --sae")
     if args.sae and not (args.sae / "sae.safetensors").exists():
         parser.error(f"--sae is {args.sae}; allowed: a folder holding an SAE (sae.safetensors, config.json)")
     torch.set_num_threads(args.threads)
@@ -76,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     loaded.pipeline.set_progress_bar_config(disable=True)
     started = time.perf_counter()
     painter = PrototypePainter(loaded.pipeline, args.blocks, profile.steps, profile.guidance, profile.width, args.how)
-    if args.sae and args.erase:
-        parser.error("--erase takes the background's prototypes from the ground truth; leave out --sae")
     try:
         if args.erase:
             prototypes = background_prototypes(painter, args.scenes)

@@ -29,7 +29,7 @@ from paint_app.session import Layer, Mask, Session
 from .evaluate import object_region
 from .judges import Judges
 from .labels import CONCEPT_KIND, best_labelled
-from .world import COLOUR_NAMES, SHAPES, TEXTURES, caption, scene_for_seed
+from .world import COLOUR_NAMES, SHAPES, TEXTURES, Scene, caption, scene_for_seed
 
 BENCH_SEED_BASE = 50_000_000
 LEAK_THRESHOLD = 40.0
@@ -190,7 +190,7 @@ class Bench:
         return (float(np.mean(removed)) if removed else None), len(removed)
 
 
-def erase_scene(kind: str, concept: str, i: int):
+def erase_scene(kind: str, concept: str, i: int) -> tuple[Scene, str, int]:
     """The ``i``-th erase trial of a concept: (a one-object scene that has it, its caption, the seed)."""
     seed = BENCH_SEED_BASE + 500_000 + 1000 * i
     scene = scene_for_seed(seed, n_objects=1, **{kind: concept})

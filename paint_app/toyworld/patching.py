@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from paint_app.errors import ModelError
+from paint_app.models import LoadedModel, load_model
 from paint_app.steering import grid_mask
 from sae.hooks import block_output, forward_hooks, replace_block_output
 from sae.pipelines import get_block, unet_blocks
@@ -185,11 +187,8 @@ def unknown_blocks(unet, blocks: list[str], size: int) -> str | None:
     return f"--blocks names {', '.join(unknown)}; this UNet's transformer blocks are: {', '.join(names)}"
 
 
-def load_with_blocks(model: str, blocks: list[str]):
+def load_with_blocks(model: str, blocks: list[str]) -> tuple[LoadedModel | None, str | None]:
     """(the model loaded on the CPU, None), or (None, why not): an unknown model, or ``blocks`` it lacks."""
-    from paint_app.errors import ModelError
-    from paint_app.models import load_model
-
     try:
         loaded = load_model(model, device="cpu")
     except ModelError as exc:

@@ -23,6 +23,7 @@ a block's activations could paint, against the ``add`` edits of features and fac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def background_prototypes(patcher: Patcher, n_scenes: int) -> dict[str, Prototyp
     return result
 
 
-def pixel_prototypes(patcher: Patcher, generations: list[tuple[str, int]], chosen, what: str) -> Prototypes:
+def pixel_prototypes(patcher: Patcher, generations: list[tuple[str, int]],
+                     chosen: Callable[[np.ndarray], np.ndarray], what: str) -> Prototypes:
     """The mean output over the cells of the pixels ``chosen(image)`` marks, over the (prompt, seed) generations."""
     sums: dict[str, torch.Tensor] = {}
     weight = 0.0
