@@ -340,6 +340,17 @@ def test_patching_replays_a_block_and_the_last_block_carries_the_colour(toy):
     assert (row.left_pairs, row.left_half, row.mean_replaced, row.mean_added) == (1, 1.0, 1.0, 0.0)
 
 
+def test_weighted_sums_give_every_grid_the_mean_over_the_same_pixels():
+    from paint_app.toyworld.prototypes import weighted_sums
+
+    recording = {"fine": [torch.full((2, 3, 16, 16), 5.0)], "coarse": [torch.full((2, 3, 8, 8), 5.0)],
+                 "finer": [torch.full((2, 3, 32, 32), 5.0)]}
+    cells = torch.zeros(16, 16)
+    cells[2:6, 4:10] = 1
+    means = {b: total / cells.sum() for b, total in weighted_sums(recording, cells).items()}
+    assert all(torch.allclose(m, torch.full((1, 2, 3), 5.0)) for m in means.values())
+
+
 def test_prototype_replacement_paints_a_colour_in_the_rectangle_and_keeps_the_rest(toy):
     from paint_app.toyworld.prototypes import LATE_BLOCKS, PrototypePainter, colour_prototypes, paint_colours
 

@@ -103,21 +103,22 @@ def pixel_prototypes(patcher: Patcher, generations: list[tuple[str, int]],
             continue
         cells = grid_cells(pixels, max(outputs[0].shape[-1] for outputs in recording.values()))
         weight += float(cells.sum())
-        for block, total in weighted_means(recording, cells).items():
+        for block, total in weighted_sums(recording, cells).items():
             sums[block] = sums.get(block, 0) + total
     if not sums:
         raise ValueError(f"no generation showed {what}; no prototype")
     return {block: total / weight for block, total in sums.items()}
 
 
-def weighted_means(recording: Recording, cells: torch.Tensor) -> Prototypes:
-    """Each block's output summed over ``cells`` (weights on the finest grid, pooled to coarser ones), per call and
-    CFG row: {block: [calls, rows, channels]}."""
+def weighted_sums(recording: Recording, cells: torch.Tensor) -> Prototypes:
+    """Each block's output summed over ``cells`` (weights on the finest grid), per call and CFG row:
+    {block: [calls, rows, channels]}. A coarser block's cell weighs as many fine cells as it holds, so every
+    block's sum divided by ``cells.sum()`` is its mean over the same pixels."""
     sums = {}
     for block, outputs in recording.items():
         grid = outputs[0].shape[-1]
-        weights = cells if grid == cells.shape[-1] else \
-            torch.nn.functional.adaptive_avg_pool2d(cells[None, None], grid)[0, 0]
+        fine_per_cell = (cells.shape[-1] / grid) ** 2  # < 1 where the block is finer than the cells
+        weights = torch.nn.functional.adaptive_avg_pool2d(cells[None, None], grid)[0, 0] * fine_per_cell
         sums[block] = torch.stack([(o * weights).sum((-2, -1)) for o in outputs])
     return sums
 
@@ -152,7 +153,7 @@ def sae_prototypes(patcher: Patcher, sae_folder: Path | str, colours: list[str],
         chosen = (activation >= torch.quantile(positive, 1 - top)).float()
         sums: dict[str, torch.Tensor] = {}
         for recording, cells in zip(recordings, chosen):
-            for block, total in weighted_means(recording, cells.reshape(grid, grid)).items():
+            for block, total in weighted_sums(recording, cells.reshape(grid, grid)).items():
                 sums[block] = sums.get(block, 0) + total
         weight = float(chosen.sum())
         result[colour] = {block: total / weight for block, total in sums.items()}
