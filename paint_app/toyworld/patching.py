@@ -81,9 +81,12 @@ class Patcher:
         self.pipe, self.blocks = pipe, blocks
         self.settings = dict(num_inference_steps=steps, guidance_scale=guidance, width=size, height=size)
 
-    def generate(self, prompt: str, seed: int) -> np.ndarray:
+    def generate(self, prompt: str, seed: int, on_step=None) -> np.ndarray:
+        """One image; ``on_step`` is diffusers' ``callback_on_step_end``, given the latents."""
         generator = torch.Generator(self.pipe.unet.device).manual_seed(seed)
-        image = self.pipe(prompt, generator=generator, **self.settings).images[0]
+        callback = {} if on_step is None else dict(callback_on_step_end=on_step,
+                                                   callback_on_step_end_tensor_inputs=["latents"])
+        image = self.pipe(prompt, generator=generator, **self.settings, **callback).images[0]
         return np.asarray(image.convert("RGB"))
 
     def record(self, prompt: str, seed: int) -> tuple[np.ndarray, Recording]:

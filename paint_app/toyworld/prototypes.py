@@ -174,13 +174,6 @@ class PrototypePainter(Patcher):
         super().__init__(pipe, blocks, steps, guidance, size)
         self.how = how
 
-    def generate_with(self, prompt: str, seed: int, hooks: dict | None = None, on_step=None) -> np.ndarray:
-        generator = torch.Generator(self.pipe.unet.device).manual_seed(seed)
-        with forward_hooks(hooks or {}):
-            output = self.pipe(prompt, generator=generator, callback_on_step_end=on_step,
-                               callback_on_step_end_tensor_inputs=["latents"], **self.settings)
-        return np.asarray(output.images[0].convert("RGB"))
-
     def unpainted(self, prompt: str, seed: int) -> tuple[np.ndarray, list[torch.Tensor]]:
         latents: list[torch.Tensor] = []
 
@@ -188,7 +181,7 @@ class PrototypePainter(Patcher):
             latents.append(tensors["latents"].clone())
             return tensors
 
-        return self.generate_with(prompt, seed, on_step=record), latents
+        return self.generate(prompt, seed, on_step=record), latents
 
     def painted(self, prompt: str, seed: int, prototypes: Prototypes, mask: np.ndarray, start: int = 0,
                 unpainted: tuple[np.ndarray, list[torch.Tensor]] | None = None) -> np.ndarray:
@@ -196,7 +189,8 @@ class PrototypePainter(Patcher):
         hooks = {get_block(self.pipe.unet, block): self._replacer(prototypes[block], mask, start, self.how)
                  for block in self.blocks}
         if unpainted is None:
-            return self.generate_with(prompt, seed, hooks)
+            with forward_hooks(hooks):
+                return self.generate(prompt, seed)
         image, latents = unpainted
         cover = grid_cells(mask, latents[0].shape[-1])
 
@@ -204,7 +198,8 @@ class PrototypePainter(Patcher):
             tensors["latents"] = keep_outside(tensors["latents"], latents[index], cover)
             return tensors
 
-        painted = self.generate_with(prompt, seed, hooks, on_step=blend)
+        with forward_hooks(hooks):
+            painted = self.generate(prompt, seed, on_step=blend)
         return np.asarray(paste_outside(Image.fromarray(painted), Image.fromarray(image), cover))
 
     @staticmethod
