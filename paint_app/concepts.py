@@ -12,6 +12,7 @@ from sae.errors import SAEError
 from sae.factors import Factors, load_factors
 from sae.labels import Label, load_labels
 from sae.model import SAE, resolve_path
+from sae.prototypes import Prototypes, load_prototypes
 
 from .errors import ModelError, PaintError
 from .models import ModelProfile
@@ -26,6 +27,7 @@ class BlockConcepts:
     source: str
     labels: dict[int, Label] = field(default_factory=dict)
     factors: Factors | None = None
+    prototypes: Prototypes | None = None  # for ``replace`` edits (``sae prototypes``)
 
     def label(self, feature: int) -> str:
         entry = self.labels.get(feature)
@@ -70,7 +72,11 @@ class ConceptLibrary:
                 raise ModelError(f"--sae {spec!r} reads vectors of size {sae.d_in}, but block {block!r} of "
                                  f"{profile.name} has {known[block].channels} channels")
         sae.config.block = block
-        entry = BlockConcepts(block, sae, spec, load_labels(folder), load_factors(folder))
+        try:
+            prototypes = load_prototypes(folder)
+        except SAEError as exc:
+            raise ModelError(f"--sae {spec!r}: {exc}") from None
+        entry = BlockConcepts(block, sae, spec, load_labels(folder), load_factors(folder), prototypes)
         self.blocks[block] = entry
         return entry
 

@@ -71,7 +71,9 @@ class Engine:
             edits.append(Edit(block=layer.block, features=features, weights=weights, mask=mask,
                               strength=layer.strength, mode=layer.mode, step_range=layer.step_range,
                               cond_only=layer.cond_only))
-        return Plan(edits, {edit.block: self.concepts.blocks[edit.block].sae for edit in edits})
+        blocks = {edit.block: self.concepts.blocks[edit.block] for edit in edits}
+        prototypes = {block: entry.prototypes for block, entry in blocks.items() if entry.prototypes is not None}
+        return Plan(edits, {block: entry.sae for block, entry in blocks.items()}, prototypes, session.steps)
 
     def check_model(self, session: Session) -> None:
         if session.model != self.model.name:

@@ -4,6 +4,9 @@ With mask m (on the block's grid), strength s, feature f (decoder direction d_f,
 - add:   h_out += m * s * sigma_f * d_f            (a group of features: d = sum_f w_f sigma_f d_f)
 - set:   h_out += m * (s * w_f * sigma_f - z_f) * d_f, feature by feature (the SAE's error stays in h_out)
 - erase: set with s = 0
+- replace: h_out = h_out + m * (p_t - h_out) at the SAE's block and the later blocks of its level, where p_t is
+  the concept's prototype at step t (``sae.prototypes``: the block's mean output where the features fire most);
+  overwrites what is there instead of adding to it, and ignores the strength
 z_f is the SAE code of the block's site (``delta`` = h_out - h_in, or ``output`` = h_out) before any edit.
 All edits on a block are computed from the unedited activations and add up.
 With ``keep_outside`` the engine also blends, after every step, the latents with the unpainted run's outside
@@ -26,10 +29,11 @@ from PIL import Image
 from sae.hooks import block_input, block_output, forward_hooks, replace_block_output, site_value
 from sae.model import SAE
 from sae.pipelines import get_block
+from sae.prototypes import Prototypes
 
 from .errors import ModelError, PaintError
 
-MODES = ("add", "set", "erase")
+MODES = ("add", "set", "erase", "replace")
 
 
 @dataclass
@@ -69,9 +73,20 @@ class Plan:
 
     edits: list[Edit] = field(default_factory=list)
     saes: dict[str, SAE] = field(default_factory=dict)
+    prototypes: dict[str, Prototypes] = field(default_factory=dict)  # by SAE block, for ``replace`` edits
+    steps: int | None = None  # denoising steps of the run (maps a step to a prototype's step)
 
     def blocks(self) -> list[str]:
-        return sorted({edit.block for edit in self.edits})
+        return sorted({edit.block for edit in self.edits if edit.mode != "replace"})
+
+    def replaced(self) -> dict[str, list[tuple[Edit, torch.Tensor]]]:
+        """Per block that ``replace`` edits overwrite: (edit, its prototype there [steps, rows, C])."""
+        result: dict[str, list[tuple[Edit, torch.Tensor]]] = {}
+        for edit in self.edits:
+            if edit.mode == "replace":
+                for block, prototype in self.prototypes[edit.block].concept(edit.features, edit.weights).items():
+                    result.setdefault(block, []).append((edit, prototype))
+        return result
 
     def first_step(self, steps: int) -> int:
         """The first denoising step any edit acts on (``steps`` when there are no edits)."""
@@ -85,6 +100,20 @@ class Plan:
                                  f"SAEs are loaded for: {', '.join(sorted(self.saes)) or 'no block'}")
             for feature in edit.features:
                 sae.check_feature(feature, f"layers[{i}] feature")
+            if edit.mode == "replace":
+                self._check_prototypes(i, edit)
+
+    def _check_prototypes(self, i: int, edit: Edit) -> None:
+        prototypes = self.prototypes.get(edit.block)
+        if prototypes is None:
+            raise ModelError(f"layers[{i}].mode is 'replace' but the SAE for block {edit.block!r} has no "
+                             "prototypes.safetensors; make them with `sae prototypes --sae <SAE folder> --model "
+                             "<model> --prompts <file>`, or use mode add, set or erase")
+        if not any(prototypes.has(f) and w > 0 for f, w in zip(edit.features, edit.weights)):
+            raise ModelError(f"layers[{i}].mode is 'replace' but feature(s) "
+                             f"{', '.join(map(str, edit.features))} of block {edit.block!r} have no prototype (they "
+                             "never fired strongly on the prompts the prototypes were made from); "
+                             "use mode add, set or erase")
 
 
 def grid_mask(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -238,6 +267,61 @@ class BlockEditor:
         return self._cache[key]
 
 
+class BlockReplacer:
+    """The forward hook of one block that ``replace`` edits overwrite: in each edit's mask, the output moves to the
+    edit's prototype for the step (h = h + m * (p_t - h)), edits in order, after any other edit of the block."""
+
+    def __init__(self, edits: list[tuple[Edit, torch.Tensor]], counter: StepCounter, cfg: bool,
+                 steps: int | None) -> None:
+        self.edits = edits
+        self.counter = counter
+        self.cfg = cfg
+        self.steps = steps
+        self._masks: dict[tuple, torch.Tensor] = {}
+
+    def prototype_step(self, prototype: torch.Tensor) -> int:
+        """The prototype's step for the run's step: the same index, or the same fraction of a different count."""
+        stored, step = prototype.shape[0], self.counter.step
+        if self.steps is None or self.steps == stored:
+            return min(max(step, 0), stored - 1)
+        return min(stored - 1, round(step * (stored - 1) / max(1, self.steps - 1)))
+
+    @torch.no_grad()
+    def __call__(self, module, args, kwargs, output):
+        active = [(e, p) for e, p in self.edits if e.active_at(self.counter.step)]
+        if not active:
+            return None
+        h = block_output(output)
+        batch, _, height, width = h.shape
+        h = h.clone()
+        for index, (edit, prototype) in enumerate(active):
+            value = prototype[self.prototype_step(prototype)].to(h.device, h.dtype)  # [rows, C]
+            if value.shape[0] != batch:  # made with CFG, used without (or the reverse): the conditional row
+                value = value[-1:].expand(batch, -1)
+            rows = slice(batch // 2, batch) if (self.cfg and edit.cond_only) else slice(0, batch)
+            mask = self._mask(index, edit, height, width, h)
+            h[rows] += mask * (value[rows, :, None, None] - h[rows])
+        return replace_block_output(output, h)
+
+    def _mask(self, index: int, edit: Edit, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        key = (index, height, width)
+        if key not in self._masks:
+            self._masks[key] = grid_mask(edit.mask, (height, width)).to(like.device, like.dtype)
+        return self._masks[key]
+
+
+def chain(first, second):
+    """One forward hook that runs ``first`` then ``second`` on its result (a module takes one hook here)."""
+
+    def hook(module, args, kwargs, output):
+        changed = first(module, args, kwargs, output)
+        output = output if changed is None else changed
+        again = second(module, args, kwargs, output)
+        return output if again is None else again
+
+    return hook
+
+
 @contextmanager
 def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator[StepCounter]:
     """Hooks on the planned blocks only (none when the plan is empty); always removed on exit."""
@@ -257,8 +341,19 @@ def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator
         if channels != sae.d_in:
             raise ModelError(f"the SAE for block {block!r} reads vectors of size {sae.d_in}, "
                              f"but that block has {channels} channels; use an SAE trained on this model's block")
-        edits = [edit for edit in plan.edits if edit.block == block]
+        edits = [edit for edit in plan.edits if edit.block == block and edit.mode != "replace"]
         hooks[module] = BlockEditor(edits, sae, counter, cfg)
+    for block, edits in plan.replaced().items():
+        try:
+            module = get_block(unet, block)
+        except Exception as exc:
+            raise ModelError(str(exc)) from None
+        channels = getattr(getattr(module, "config", None), "in_channels", None)
+        if channels is not None and channels != edits[0][1].shape[-1]:
+            raise ModelError(f"the prototypes for block {block!r} have {edits[0][1].shape[-1]} channels, but that "
+                             f"block has {channels}; make them with this model (`sae prototypes`)")
+        replacer = BlockReplacer(edits, counter, cfg, plan.steps)
+        hooks[module] = chain(hooks[module], replacer) if module in hooks else replacer
     counter_handle = unet.register_forward_pre_hook(counter)
     try:
         with forward_hooks(hooks):

@@ -43,6 +43,7 @@ from .explore import (
     top_features_at,
 )
 from .session import MAX_STRENGTH, Session
+from .steering import MODES
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,9 @@ class PaintApp:
         start, end = layer.step_range or (None, None)
         info = (f"**{layer.name}** — {canvas.describe_concept(layer.block, layer.concept)}; "
                 f"offset ({layer.offset[0]}, {layer.offset[1]}) px"
-                + ("; **nothing painted yet**" if layer.is_empty() else ""))
+                + ("; **nothing painted yet**" if layer.is_empty() else "")
+                + ("; replaces its block's activations with the concept's prototype (the strength is not used)"
+                   if layer.mode == "replace" else ""))
         return {"layer_select": gr.update(choices=choices, value=state.active), "layer_info": info,
                 "mode": layer.mode, "strength": layer.strength, "step_start": start, "step_end": end,
                 "enabled": layer.enabled}
@@ -427,14 +430,26 @@ class PaintApp:
             return {**result, "state": state}
         return {**result, **self.repaint(state, notes, live)}
 
+    def _has_prototypes(self, block: str) -> bool:
+        entry = self.engine.concepts.blocks.get(block)
+        return entry is not None and entry.prototypes is not None
+
     def set_mode(self, state: TabState, mode: Any, live: bool = True) -> dict:
         notes = Notes()
 
         def change(layer: CanvasLayer) -> bool:
-            if mode not in ("add", "set", "erase"):
-                notes.warn(f"mode is {mode!r}; allowed: add, set, erase")
+            if mode not in MODES:
+                notes.warn(f"mode is {mode!r}; allowed: {', '.join(MODES)}")
+                return False
+            if mode == "replace" and not self._has_prototypes(layer.block):
+                notes.warn(f"mode 'replace' needs prototypes of the SAE of {layer.block} (prototypes.safetensors, "
+                           "made by `sae prototypes`); this one has none. The layer keeps its mode "
+                           f"{layer.mode!r}.")
                 return False
             changed, layer.mode = layer.mode != mode, mode
+            if mode == "replace" and layer.step_range is not None and layer.step_range == self.profile.layer_step_range:
+                layer.step_range = None  # a prototype replays its steps from the first on (README: replace)
+                notes.info("Replace acts on every step: the layer's step range is now all steps.")
             return changed
 
         return self._change_layer(state, notes, live, change)
@@ -743,8 +758,12 @@ class PaintApp:
         if chosen is None or chosen.get("source") != "inspector" or state.maps is None:
             notes.warn("Click a point of the image and then a feature in the inspector first.")
             return {"status": notes.text()}
-        if mode not in ("add", "set", "erase"):
-            notes.warn(f"mode is {mode!r}; allowed: add, set, erase")
+        if mode not in MODES:
+            notes.warn(f"mode is {mode!r}; allowed: {', '.join(MODES)}")
+            return {"status": notes.text()}
+        if mode == "replace" and not self._has_prototypes(chosen["block"]):
+            notes.warn(f"mode 'replace' needs prototypes of the SAE of {chosen['block']} (`sae prototypes`); "
+                       "this one has none")
             return {"status": notes.text()}
         try:
             mask = region_of(state.maps, chosen["block"], chosen["concept"]["feature"])
@@ -921,7 +940,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
                     C["clear_layer"] = gr.Button("Clear layer", elem_id="clear-layer", scale=1)
                 C["layer_info"] = gr.Markdown(elem_id="layer-info")
                 with gr.Row():
-                    C["mode"] = gr.Radio(["add", "set", "erase"], value="add", label="Mode", elem_id="mode")
+                    C["mode"] = gr.Radio(list(MODES), value="add", label="Mode", elem_id="mode")
                     C["strength"] = gr.Number(label=f"Strength (-{MAX_STRENGTH:g} to {MAX_STRENGTH:g})",
                                               value=profile.layer_strength, elem_id="strength")
                     C["enabled"] = gr.Checkbox(label="On", value=True, elem_id="enabled")
@@ -979,7 +998,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
             C["factor_table"] = gr.Dataframe(headers=FACTOR_HEADERS, interactive=False, type="array",
                                              elem_id="factor-table", label="Strongest factors there")
             with gr.Row():
-                C["layer_mode"] = gr.Radio(["erase", "add", "set"], value="erase", label="New layer mode",
+                C["layer_mode"] = gr.Radio(["erase", *[m for m in MODES if m != "erase"]], value="erase", label="New layer mode",
                                            elem_id="inspect-mode")
                 C["layer_from_feature"] = gr.Button("Make a layer of this feature where it is", elem_id="inspect-layer")
         with gr.Tab("Factors"):

@@ -167,6 +167,31 @@ def cmd_top_examples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prototypes(args: argparse.Namespace) -> int:
+    from .capture import model_defaults, read_prompts
+    from .model import SAE, resolve_path
+    from .pipelines import load_diffusers_pipeline
+    from .prototypes import compute_prototypes
+
+    folder = resolve_path(args.sae)
+    prompts = read_prompts(args.prompts, args.limit)
+    pipe = load_diffusers_pipeline(args.model, device=args.device, dtype=args.dtype)
+    sae = SAE.from_pretrained(folder, device=pipe.unet.device)
+    defaults = model_defaults(args.model)
+    settings = {"num_inference_steps": args.steps or defaults.get("steps", 4),
+                "height": args.height or defaults.get("height"), "width": args.width or defaults.get("width")}
+    guidance = args.guidance if args.guidance is not None else defaults.get("guidance")
+    if guidance is not None:
+        settings["guidance_scale"] = guidance
+    prototypes = compute_prototypes(pipe, sae, prompts, top=args.top, seed=args.seed, blocks=args.block,
+                                    **{key: value for key, value in settings.items() if value is not None})
+    file = prototypes.save(args.out or folder)
+    have = int((prototypes.counts > 0).sum())
+    print(f"prototypes of {have} of {sae.n_features} features at {', '.join(prototypes.blocks)} "
+          f"({prototypes.steps} steps, {len(prompts)} prompts) in {file}")
+    return 0
+
+
 def _add_sae_and_acts(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sae", required=True, help="SAE folder (ours or SAEPaint's; local or hf://)")
     parser.add_argument("--acts", required=True, help="shard folder from `sae collect` (or its parent for several blocks)")
@@ -257,6 +282,29 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--all-locations", action="store_true", help="allow several records from one prompt")
     top.add_argument("--max-vectors", type=int)
     top.set_defaults(func=cmd_top_examples)
+
+    proto = sub.add_parser("prototypes", help="each feature's mean block outputs where it fires most "
+                           "(prototypes.safetensors, for `replace` edits)",
+                           description="Run a pipeline over prompts twice (same seeds) and store, per feature, the "
+                           "mean output of the SAE's block and of the later blocks of its level over the cells "
+                           "where the feature's last-step activation is in its top fraction: one vector per step "
+                           "and CFG half.")
+    proto.add_argument("--sae", required=True, help="SAE folder (local or hf://); its config names the block")
+    proto.add_argument("--model", required=True, help="toy, tiny-random-sd, a hub id or a local diffusers folder")
+    proto.add_argument("--prompts", required=True, help="text file, one prompt per line")
+    proto.add_argument("--limit", type=int, help="use only the first N prompts")
+    proto.add_argument("--top", type=float, default=0.1, help="share of a feature's positive activations counted")
+    proto.add_argument("--block", action="append", help="blocks to keep prototypes for (default: the SAE's block "
+                       "and the later blocks of its level)")
+    proto.add_argument("--steps", type=int, help="denoising steps (default: the model's paint_app.json, else 4)")
+    proto.add_argument("--guidance", type=float, help="guidance scale (default: the model's, else the pipeline's)")
+    proto.add_argument("--height", type=int)
+    proto.add_argument("--width", type=int)
+    proto.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    proto.add_argument("--out", help="SAE folder or file (default: the SAE folder)")
+    proto.add_argument("--device", default="auto")
+    proto.add_argument("--dtype", default=None, help="auto (fp16 on cuda), float32, float16, bfloat16")
+    proto.set_defaults(func=cmd_prototypes)
     return parser
 
 

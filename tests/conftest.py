@@ -19,6 +19,16 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 TINY_BLOCKS = {"down_blocks.0.attentions.0": 32, "mid_block.attentions.0": 64}
 
 
+@pytest.fixture(scope="module")
+def pipe():
+    """tiny-random-sd without progress bars (a fresh one per module: tests may hook it)."""
+    from sae.pipelines import build_tiny_pipeline
+
+    pipeline = build_tiny_pipeline("tiny-random-sd")
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 @pytest.fixture(scope="session")
 def tiny_sae_paths(tmp_path_factory) -> list[str]:
     """Random SAEs (with labels 'red thing', 'blue thing', 'striped' and 3 factors) on two tiny-random-sd blocks."""

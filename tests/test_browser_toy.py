@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_browser import open_page, output_src, shown_image, stroke, wait_new_output, wait_text
+from test_browser import open_page, output_src, pick_row, shown_image, stroke, wait_new_output, wait_text
 
 from paint_app.toyworld.judges import classify_pixels
 from paint_app.toyworld.world import COLOUR_NAMES
@@ -29,25 +29,68 @@ def toy_server(one_torch_thread, tmp_path_factory):
     blocks.close()
 
 
+def brush_top_left(page) -> None:
+    """Two strokes of the widest brush (a third of the image) across the top left of the canvas."""
+    page.locator("#canvas .pc-size").fill("21")
+    for fy in (0.2, 0.35):
+        stroke(page, (0.08, fy), (0.42, fy))
+
+
+def settled_image(page, screenshot) -> np.ndarray:
+    """The shown image once the newest change's repaint has landed (it wins over older ones)."""
+    page.wait_for_timeout(1500)
+    page.screenshot(path=screenshot, full_page=True)
+    return shown_image(page)
+
+
+def assert_blue_where_brushed_only(before: np.ndarray, after: np.ndarray) -> None:
+    """Blue inside both strokes' reach (a little in from their edges), and the rest of the image kept (the app's
+    default) beyond it."""
+    brushed = np.zeros((64, 64), bool)
+    brushed[4:30, 4:28] = True
+    blue = COLOUR_NAMES.index("blue")
+    assert (classify_pixels(before) == blue)[brushed].mean() < 0.05 < 0.5 < (classify_pixels(after) == blue)[brushed].mean()
+    assert np.array_equal(after[:, 48:], before[:, 48:])
+
+
 def test_the_first_layer_paints_blue_where_the_brush_went(chromium, toy_server, screenshots):
     page = open_page(chromium, toy_server, layer_text="blue")
     try:
         assert page.locator("h1").inner_text().endswith("toy")
         before = shown_image(page)
         old = output_src(page)
-        page.locator("#canvas .pc-size").fill("21")  # the widest brush: a third of the image
-        for fy in (0.2, 0.35):
-            stroke(page, (0.08, fy), (0.42, fy))
+        brush_top_left(page)
         wait_new_output(page, old)
         wait_text(page, "#timing", "Repainted in")
-        page.wait_for_timeout(1500)  # the newest stroke's repaint wins; let it land
-        after = shown_image(page)
-        page.screenshot(path=screenshots / "toy-first-stroke.png", full_page=True)
+        after = settled_image(page, screenshots / "toy-first-stroke.png")
     finally:
         page.context.close()
-    blue = COLOUR_NAMES.index("blue")
-    painted = np.zeros((64, 64), bool)
-    painted[4:30, 4:28] = True  # inside both strokes' reach, a little in from their edges
-    blue_before, blue_after = classify_pixels(before) == blue, classify_pixels(after) == blue
-    assert blue_before[painted].mean() < 0.05 < 0.5 < blue_after[painted].mean()
-    assert np.array_equal(after[:, 48:], before[:, 48:])  # the rest of the image is kept (the app's default)
+    assert_blue_where_brushed_only(before, after)
+
+
+def test_a_layer_switched_to_replace_paints_the_features_prototype(chromium, toy_server, screenshots):
+    """The palette's first blue feature of the late 16x16 block, made a ``replace`` layer (which moves the layer
+    to every step): the brushed region takes the feature's prototype (blue), the rest of the image stays the
+    plain one."""
+    page = open_page(chromium, toy_server, layer_text="blue")
+    try:
+        before = shown_image(page)
+        old = output_src(page)
+        brush_top_left(page)
+        old = wait_new_output(page, old)
+        page.get_by_role("tab", name="Palette").click()
+        page.fill("#palette-search textarea", "blue")
+        page.press("#palette-search textarea", "Enter")
+        wait_text(page, "#status", "found")
+        pick_row(page, "up_blocks.1.attentions.0", "blue")
+        wait_text(page, "#layer-info", "feature")
+        old = wait_new_output(page, old)
+        page.locator("#mode").get_by_label("replace").check()
+        wait_text(page, "#layer-info", "replaces its block's activations")
+        wait_new_output(page, old)
+        wait_text(page, "#status", "Replace acts on every step")
+        assert page.locator("#step-start input").input_value() == ""  # was the toy's default start, 2
+        after = settled_image(page, screenshots / "toy-replace.png")
+    finally:
+        page.context.close()
+    assert_blue_where_brushed_only(before, after)

@@ -219,3 +219,27 @@ def test_keep_outside_is_saved_and_read_with_the_session(tmp_path):
     assert Session.from_json(path.read_bytes()).keep_outside
     with pytest.raises(PaintError, match="keep_outside.*true or false"):
         session(keep_outside="yes")
+
+
+def test_replace_layers_paint_with_the_saes_prototypes_and_need_them(tmp_path):
+    from sae.prototypes import compute_prototypes
+
+    late = "up_blocks.1.attentions.0"
+    folder = tiny_sae_folder(tmp_path, late, 32)
+    model = load_model("tiny-random-sd", device="cpu")
+    without = Engine(model, ConceptLibrary.load([str(folder)], model.profile))
+    replace = [layer(rect=(0, 0, 32, 64), block=late, mode="replace")]
+    with pytest.raises(ModelError, match=r"layers\[0\]\.mode is 'replace'.*sae prototypes"):
+        without.generate(session(layers=replace))
+    sae = without.concepts.blocks[late].sae
+    compute_prototypes(model.pipeline, sae, ["a red circle", "a blue square"], top=1.0, progress=False,
+                       num_inference_steps=4, height=64, width=64).save(folder)
+    engine = Engine(model, ConceptLibrary.load([str(folder)], model.profile))
+    assert engine.concepts.blocks[late].prototypes.blocks == [late, "up_blocks.1.attentions.1"]
+    feature = int(torch.nonzero(engine.concepts.blocks[late].prototypes.counts)[0, 0])
+    replace = [layer(feature, rect=(0, 0, 32, 64), block=late, mode="replace")]
+    plain = pixels(engine.generate(session()))
+    kept = pixels(engine.generate(session(layers=replace, keep_outside=True)))
+    assert np.array_equal(kept[:, 40:], plain[:, 40:]) and not np.array_equal(kept[:, :28], plain[:, :28])
+    again = Session.from_dict(session(layers=replace, keep_outside=True).to_dict())
+    assert again.layers[0].mode == "replace" and np.array_equal(pixels(engine.generate(again)), kept)

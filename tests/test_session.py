@@ -39,6 +39,13 @@ def test_round_trip(tmp_path):
     assert again.layers[0].offset == (3, -2) and again.layers[0].step_range == (0, 4)
 
 
+def test_replace_mode_round_trips(tmp_path):
+    data = valid()
+    data["layers"][0]["mode"] = "replace"
+    Session.from_dict(data).save(tmp_path / "s.json")
+    assert load_session(tmp_path / "s.json").layers[0].mode == "replace"
+
+
 def test_png_mask_and_offset():
     session = Session.from_dict(valid())
     mask = session.layers[0].mask_array(64, 64)
@@ -98,7 +105,7 @@ BAD = [
     ("layers.0.block", "", r"layers\[0\].block"),
     ("layers.0.feature", -3, r"layers\[0\].feature"),
     ("layers.0.feature", "17", r"layers\[0\].feature"),
-    ("layers.0.mode", "paint", r"layers\[0\].mode.*add, set, erase"),
+    ("layers.0.mode", "paint", r"layers\[0\].mode.*add, set, erase, replace"),
     ("layers.0.strength", float("nan"), r"layers\[0\].strength"),
     ("layers.0.strength", float("inf"), r"layers\[0\].strength"),
     ("layers.0.strength", 1e9, r"layers\[0\].strength"),

@@ -10,16 +10,10 @@ from helpers import make_sae
 from paint_app.errors import ModelError, PaintError
 from paint_app.steering import Edit, Plan, apply_plan, grid_mask, keep_outside, painted_cover, paste_outside
 from sae.hooks import block_input, block_output
-from sae.pipelines import build_tiny_pipeline, get_block
+from sae.pipelines import get_block
+from sae.prototypes import Prototypes
 
 BLOCK = "down_blocks.0.attentions.0"  # 32 channels, 16x16 grid for 64x64 images
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipeline = build_tiny_pipeline("tiny-random-sd")
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +230,56 @@ def test_plan_errors_name_the_problem(pipe, sae):
     with pytest.raises(PaintError, match="strength"):
         Edit(BLOCK, (1,), mask, strength=float("nan"))
     assert count_hooks(pipe.unet) == 0
+
+
+LATE, LATER = "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"  # one level: 32 channels at 16x16
+
+
+def late_prototypes(steps: int = 2) -> Prototypes:
+    generator = torch.Generator().manual_seed(0)
+    values = {block: torch.randn(64, steps, 2, 32, generator=generator) for block in (LATE, LATER)}
+    counts = torch.zeros(64)
+    counts[3], counts[9] = 10.0, 30.0
+    return Prototypes([LATE, LATER], values, counts)
+
+
+@pytest.mark.parametrize("stored_steps", [2, 4])
+def test_replace_moves_the_block_and_the_later_ones_of_its_level_to_the_prototype(pipe, stored_steps):
+    sae = make_sae(32, 64, k=4, block=LATE, seed=2)
+    prototypes = late_prototypes(stored_steps)
+    mask = soft_mask()
+    edit = Edit(LATE, (3, 9), mask, weights=(1.0, 1.0), strength=5.0, mode="replace")
+    plan = Plan([edit], {LATE: sae}, {LATE: prototypes}, steps=2)
+    m = area_average(mask)[..., None]
+    for block in (LATE, LATER):
+        calls = run(pipe, plan, steps=2, guidance=2.0, block=block)
+        assert len(calls) == 2
+        for step, (_, h_out, new) in enumerate(calls):
+            stored = step * (stored_steps - 1)  # run steps 0, 1 -> the stored first and last
+            value = (10 * prototypes.values[block][3, stored] + 30 * prototypes.values[block][9, stored]) / 40
+            expected = (1 - m) * to_cells(h_out) + m * value[:, None, None, :]  # per CFG row, strength unused
+            torch.testing.assert_close(to_cells(new), expected, rtol=1e-4, atol=1e-4)
+            assert torch.equal(to_cells(new)[:, m[..., 0] == 0], to_cells(h_out)[:, m[..., 0] == 0])
+
+
+def test_replace_comes_after_the_blocks_other_edits(pipe):
+    sae = make_sae(32, 64, k=4, block=LATE, seed=2)
+    left, right = torch.zeros(64, 64), torch.zeros(64, 64)
+    left[:, :32], right[:, 32:] = 1.0, 1.0
+    plan = Plan([Edit(LATE, (9,), right, mode="replace"), Edit(LATE, (5,), torch.ones(64, 64), strength=2.0)],
+                {LATE: sae}, {LATE: late_prototypes()}, steps=1)
+    (_, h_out, new), = run(pipe, plan, steps=1, guidance=2.0, block=LATE)
+    added = (2.0 * sae.feature_mean[5] * sae.W_dec[5]).detach()
+    torch.testing.assert_close(to_cells(new - h_out)[:, :, :8], added.expand(2, 16, 8, 32), rtol=1e-4, atol=1e-5)
+    value = late_prototypes().values[LATE][9, 0]
+    torch.testing.assert_close(to_cells(new)[:, :, 8:], value[:, None, None, :].expand(2, 16, 8, 32))
+
+
+def test_replace_without_prototypes_is_a_clear_error(pipe):
+    sae = make_sae(32, 64, k=4, block=LATE, seed=2)
+    edit = Edit(LATE, (3,), torch.ones(64, 64), mode="replace")
+    with pytest.raises(ModelError, match=r"layers\[0\]\.mode is 'replace'.*no prototypes.*sae prototypes"):
+        run(pipe, Plan([edit], {LATE: sae}), block=LATE)
+    never = Edit(LATE, (4,), torch.ones(64, 64), mode="replace")
+    with pytest.raises(ModelError, match=r"feature\(s\) 4 .* have no prototype"):
+        run(pipe, Plan([never], {LATE: sae}, {LATE: late_prototypes()}), block=LATE)

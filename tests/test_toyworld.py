@@ -207,11 +207,41 @@ def test_painting_red_on_the_left_half_of_a_blue_square(toy):
                 assert np.array_equal(after[:, 36:], before[:, 36:]), (seed, concept)
 
 
-@pytest.mark.parametrize("name", ["red_feature_left_half", "red_factor_left_half"])
+def test_replacing_with_the_best_reading_colour_feature_on_the_left_half_of_a_blue_square(toy):
+    """A ``replace`` layer of the feature that best reads red (green) on the block PaintBench found best for
+    colour, on every step with the rest of the image kept: the block and the next one of its level take the
+    feature's prototype in the left half, which turns red (green), and the right half beyond one latent cell is
+    the plain image's, pixel for pixel."""
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.engine import Engine
+    from paint_app.session import Layer, Mask, Session
+    from paint_app.toyworld.bench import best_feature
+
+    concepts = ConceptLibrary.load([], toy.profile)
+    block = "up_blocks.1.attentions.0"
+    assert concepts.blocks[block].prototypes.blocks == [block, "up_blocks.1.attentions.1"]
+    engine, judges = Engine(toy, concepts), Judges.load()
+    left = np.zeros((64, 64), bool)
+    left[:, :32] = True
+    for seed in (0, 1):
+        session = Session(model="toy", prompt="a blue square", seed=seed, steps=toy.profile.steps,
+                          guidance=toy.profile.guidance, keep_outside=True)
+        before = np.asarray(engine.generate(session).convert("RGB")).astype(int)
+        for colour in ("red", "green"):
+            feature = best_feature(concepts, block, colour, "read")[0]
+            session.layers = [Layer(block=block, mask=Mask(rects=[[0, 0, 32, 64]]), feature=feature, mode="replace")]
+            after = np.asarray(engine.generate(session).convert("RGB")).astype(int)
+            assert judges.colour(before, left)[0] != colour
+            assert judges.colour(after, left)[0] == colour, (seed, colour, judges.colour(after, left))
+            assert np.array_equal(after[:, 36:], before[:, 36:]), (seed, colour)
+
+
+@pytest.mark.parametrize("name", ["red_feature_left_half", "red_factor_left_half", "red_replace_left_half"])
 def test_the_shipped_red_sessions_render_red_on_the_left_only(toy, tmp_path, name):
     """The issue's check from the command line: `paint-app render` of a shipped session that paints the best red
     feature (the best-writing one) or the fitted red factor on the left half of `a blue square`, at the model's
-    recommended layer settings, turns the left half red; the rest of the image is kept, so beyond one latent
+    recommended layer settings, or replaces it with the best-reading red feature's prototype, turns the left half
+    red; the rest of the image is kept, so beyond one latent
     cell the right half is the plain render's, pixel for pixel."""
     from paint_app.cli import main as paint_app_main
     from paint_app.concepts import ConceptLibrary
@@ -221,12 +251,17 @@ def test_the_shipped_red_sessions_render_red_on_the_left_only(toy, tmp_path, nam
     data = json.loads(file.read_text())
     (layer,) = data["layers"]
     concepts = ConceptLibrary.load([], toy.profile)
+    replace = layer["mode"] == "replace"
     if "feature" in layer:
-        assert layer["feature"] == best_feature(concepts, layer["block"], "red")[0]
+        assert layer["feature"] == best_feature(concepts, layer["block"], "red", "read" if replace else "write")[0]
     else:
         assert concepts.blocks[layer["block"]].factors.labels[layer["factor"]] == "red"
     assert data["keep_outside"] is True and layer["mask"] == {"rects": [[0, 0, 32, 64]]}
-    assert (layer["strength"], tuple(layer["step_range"])) == (toy.profile.layer_strength, toy.profile.layer_step_range)
+    if replace:  # on every step: the strength is not used
+        assert layer.get("step_range") is None
+    else:
+        assert (layer["strength"], tuple(layer["step_range"])) == (toy.profile.layer_strength,
+                                                                   toy.profile.layer_step_range)
     plain_file = tmp_path / "plain.json"
     plain_file.write_text(json.dumps({**data, "layers": []}))
     for session, out in ((file, tmp_path / "painted.png"), (plain_file, tmp_path / "plain.png")):

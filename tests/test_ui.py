@@ -215,6 +215,9 @@ def test_layer_settings_validate_and_repaint(app, state):
         app.set_mode(state, "paint", True)
     app.set_mode(state, "erase", True)
     assert state.layers[0].mode == "erase"
+    with pytest.warns(UserWarning, match="mode 'replace' needs prototypes.*keeps its mode 'erase'"):
+        app.set_mode(state, "replace", True)
+    assert state.layers[0].mode == "erase"
     with pytest.warns(UserWarning, match="step range is \\[3, 2\\]"):
         app.set_step_range(state, 3, 2, True)
     app.set_step_range(state, 1, 3, True)

@@ -15,6 +15,10 @@ a random rectangle (sides 24 or 32 px, on the 8-px grid of the coarsest block) a
 The best feature is, among the features labelled with the concept, the one that best *writes* it (highest
 ``write`` score: its painted direction closest to the concept's mean difference), or with ``feature_by="read"``
 the one that best reads it (highest label score: its activation map closest to the concept's map).
+
+``mode`` is how the feature and factor are painted: ``add`` (the default), ``set``, or ``replace`` (the block
+and the later blocks of its level overwritten with the concept's prototype; ``sae.prototypes``). Erasing is
+always the SAE's ``erase``.
 """
 
 from __future__ import annotations
@@ -58,21 +62,29 @@ class Result:
     feature_write: float | None = None  # the painted feature's write score (None where labels have none)
 
 
-def best_feature(concepts, block: str, concept: str, by: str = "write") -> tuple[int | None, float, float | None]:
-    """(feature, its label score, its write score) of the concept's best labelled feature (``best_labelled``)."""
-    labels = concepts.blocks[block].labels
+def best_feature(concepts, block: str, concept: str, by: str = "write",
+                 replacing: bool = False) -> tuple[int | None, float, float | None]:
+    """(feature, its label score, its write score) of the concept's best labelled feature (``best_labelled``);
+    ``replacing``: of those that have a prototype."""
+    entry = concepts.blocks[block]
+    labels = entry.labels
+    if replacing:
+        labels = {f: label for f, label in labels.items() if entry.prototypes is not None and entry.prototypes.has(f)}
     feature = best_labelled(labels, concept, by)
     if feature is None:
         return None, 0.0, None
     return feature, labels[feature].score, labels[feature].write
 
 
-def best_factor(concepts, block: str, concept: str) -> int | None:
-    """The factor labelled with the concept whose strongest feature is best labelled (factors keep no scores)."""
+def best_factor(concepts, block: str, concept: str, replacing: bool = False) -> int | None:
+    """The factor labelled with the concept whose strongest feature is best labelled (factors keep no scores);
+    ``replacing``: of those with a feature that has a prototype."""
     entry = concepts.blocks[block]
     if entry.factors is None:
         return None
-    candidates = [i for i, label in enumerate(entry.factors.labels) if label == concept]
+    candidates = [i for i, label in enumerate(entry.factors.labels) if label == concept and
+                  (not replacing or any(entry.prototypes is not None and entry.prototypes.has(f)
+                                        for f in entry.factors.features_of(i)))]
     if not candidates:
         return None
 
@@ -119,8 +131,9 @@ def leakage(base: np.ndarray, painted: np.ndarray, mask: np.ndarray, margin: int
 class Bench:
     def __init__(self, engine: Engine, judges: Judges, strength: float, k: int,
                  step_range: tuple[int, int] | None = None, keep_outside: bool = False,
-                 feature_by: str = "write") -> None:
+                 feature_by: str = "write", mode: str = "add") -> None:
         self.engine = engine
+        self.mode = mode
         self.feature_by = feature_by
         self.step_range = step_range
         self.judges = judges
@@ -145,8 +158,9 @@ class Bench:
 
     def run_concept(self, block: str, concept: str) -> Result:
         kind = CONCEPT_KIND[concept]
-        feature, score, write = best_feature(self.engine.concepts, block, concept, self.feature_by)
-        factor = best_factor(self.engine.concepts, block, concept)
+        feature, score, write = best_feature(self.engine.concepts, block, concept, self.feature_by,
+                                             self.mode == "replace")
+        factor = best_factor(self.engine.concepts, block, concept, self.mode == "replace")
         rng = np.random.default_rng([BENCH_SEED_BASE, concepts_to_paint().index(concept)])
         hits = {"feature": [], "factor": [], "base": []}
         leaks = {"feature": [], "factor": []}
@@ -162,7 +176,7 @@ class Bench:
                 if spec[name] is None:
                     continue
                 layer = Layer(block=block, mask=Mask(rects=[rect]), strength=self.strength, step_range=self.step_range,
-                              **spec)
+                              mode=self.mode, **spec)
                 painted = self.image(prompt, seed, [layer])
                 hits[name].append(self.judged(kind, painted, mask) == concept)
                 leaks[name].append(leakage(base, painted, mask))

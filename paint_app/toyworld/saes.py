@@ -5,7 +5,10 @@
 1. captions of held-out scenes -> ``sae collect`` (every chosen block at once, the model's default steps/guidance);
 2. per block: ``sae train``, then ``sae factors`` and ``sae top-examples`` on the shipped folder;
 3. ground-truth labels (``paint_app.toyworld.labels``) for features and factors;
-4. ``paint_app.json`` lists the blocks that now carry SAEs.
+4. ``sae prototypes`` over the first ``--prototype-prompts`` captions (for ``replace`` edits);
+5. ``paint_app.json`` lists the blocks that now carry SAEs.
+
+``--prototypes-only`` redoes step 4 for SAEs already in ``--out``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-factors", type=int, default=24)
     parser.add_argument("--site", choices=("delta", "output"), default="delta",
                         help="what the SAEs read: the block's update (the shipped SAEs) or its output")
+    parser.add_argument("--prototype-prompts", type=int, default=300,
+                        help="captions (the first of --prompts) that the prototypes are averaged over")
+    parser.add_argument("--prototypes-only", action="store_true",
+                        help="only make the prototypes of the SAEs already in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace SAEs already in --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -73,13 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.blocks:
         args.blocks = DEFAULT_BLOCKS[text_entry_of(pipe.unet.config)]
     existing = [b for b in args.blocks if (args.out / b / "sae.safetensors").exists()]
+    if args.prototypes_only:
+        for block in existing:
+            make_prototypes(args, args.out / block, write_prompts(args))
+        return 0
     if existing and not args.overwrite:
         print(f"saes: error: {args.out} already holds SAEs for {', '.join(existing)}; pass --overwrite",
               file=sys.stderr)
         return 2
-    args.work.mkdir(parents=True, exist_ok=True)
-    prompt_file = args.work / "prompts.txt"
-    prompt_file.write_text("\n".join(prompts(args.prompts, SAE_SEED_BASE)) + "\n")
+    prompt_file = write_prompts(args)
     acts = args.work / "acts"
     block_flags = [flag for block in args.blocks for flag in ("--block", block)]
     run_sae("collect", "--model", args.model, *block_flags, "--prompts", str(prompt_file), "--out", str(acts),
@@ -97,10 +106,24 @@ def main(argv: list[str] | None = None) -> int:
         run_sae("factors", "--sae", str(folder), "--acts", str(acts), "--n", str(args.n_factors), "--device", "cpu")
         run_sae("top-examples", "--sae", str(folder), "--acts", str(acts), "--per-feature", "4", "--device", "cpu")
         summary = label_sae(pipe, folder, args.label_scenes)
+        make_prototypes(args, folder, prompt_file)
         print(json.dumps({"block": block, "labelled": summary["labelled"],
                           "best": {k: v["score"] for k, v in summary["best"].items()}}), flush=True)
     write_blocks(args.out.parent / "paint_app.json", args.out, BLOCK_ROLES[text_entry_of(pipe.unet.config)])
     return 0
+
+
+def write_prompts(args: argparse.Namespace) -> Path:
+    args.work.mkdir(parents=True, exist_ok=True)
+    prompt_file = args.work / "prompts.txt"
+    prompt_file.write_text("\n".join(prompts(args.prompts, SAE_SEED_BASE)) + "\n")
+    return prompt_file
+
+
+def make_prototypes(args: argparse.Namespace, folder: Path, prompt_file: Path) -> None:
+    """The SAE's prototypes on the collection's own first captions and seeds (the same images)."""
+    run_sae("prototypes", "--sae", str(folder), "--model", args.model, "--prompts", str(prompt_file),
+            "--limit", str(args.prototype_prompts), "--device", "cpu")
 
 
 def write_blocks(defaults_file: Path, sae_dir: Path, roles: dict[str, str]) -> None:
