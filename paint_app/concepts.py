@@ -33,6 +33,10 @@ class BlockConcepts:
         entry = self.labels.get(feature)
         return entry.label if entry else ""
 
+    def replaceable(self, feature: int) -> bool:
+        """Whether a ``replace`` layer can paint the feature (it has a prototype)."""
+        return self.prototypes is not None and self.prototypes.has(feature)
+
 
 class ConceptLibrary:
     """SAEs by block, with labels and factors; resolves a layer's concept into features and weights."""
@@ -132,7 +136,8 @@ class ConceptLibrary:
         return {"block": best["block"], "concept": {"feature": best["feature"]}, "label": best["label"]}
 
     def feature_rows(self, block: str | None = None, search: str | None = None) -> list[dict]:
-        """One row per feature (block, feature, label, score, write, source, frequency, sigma), optionally filtered.
+        """One row per feature (block, feature, label, score, write, source, frequency, sigma, and ``replace``:
+        whether it has a prototype for ``replace`` layers), optionally filtered.
 
         Search results come best first: by ``write`` (how well painting the feature writes its label) where the
         labels measured it, else by ``score`` (how well its activation reads the label)."""
@@ -154,7 +159,7 @@ class ConceptLibrary:
                              "score": round(label.score, 4) if label else 0.0,
                              "write": label.write if label else None,
                              "source": label.source if label else "", "frequency": frequency[feature],
-                             "sigma": sigma[feature]})
+                             "sigma": sigma[feature], "replace": entry.replaceable(feature)})
         if words:
             rows.sort(key=paint_rank)
         return rows
@@ -170,7 +175,8 @@ class ConceptLibrary:
                     continue
                 top = entry.factors.features_of(factor)
                 rows.append({"block": name, "factor": factor, "label": label,
-                             "features": {str(f): round(w, 4) for f, w in list(top.items())[:8]}})
+                             "features": {str(f): round(w, 4) for f, w in list(top.items())[:8]},
+                             "replace": any(entry.replaceable(f) for f in top)})
         return rows
 
 

@@ -52,7 +52,7 @@ PALETTE_LIMIT = 200
 OUTPUT_TARGET = 320  # the shown image is enlarged to at least this many pixels along its longer side
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 ACTIVE_COLOR = "#ff2d95"
-PALETTE_HEADERS = ["kind", "block", "id", "label", "frequency", "paints"]
+PALETTE_HEADERS = ["kind", "block", "id", "label", "frequency", "paints", "replace"]
 INSPECT_HEADERS = ["block", "feature", "label", "value", "x typical"]
 FACTOR_HEADERS = ["block", "factor", "label", "value"]
 WEIGHT_HEADERS = ["feature", "label", "weight"]
@@ -614,14 +614,17 @@ class PaintApp:
     def palette_rows(self, state: TabState, words: str, block: str | None, kind: str) -> list[list]:
         concepts = self.engine.concepts
         if kind == "factors":
-            return [["factor", r["block"], r["factor"], r["label"], "", ""] for r in concepts.factor_rows(block, words)]
+            return [["factor", r["block"], r["factor"], r["label"], "", "", "yes" if r["replace"] else ""]
+                    for r in concepts.factor_rows(block, words)]
         if kind == "mine":
             terms = words.lower().split()
-            return [["mine", c["block"], i, c["name"], "", ""] for i, c in enumerate(state.custom)
+            return [["mine", c["block"], i, c["name"], "", "", ""] for i, c in enumerate(state.custom)
                     if (block is None or c["block"] == block) and all(t in c["name"].lower() for t in terms)]
-        # "paints": the label's write score (how well painting the feature writes its label), where known
+        # "paints": the label's write score (how well painting the feature writes its label), where known;
+        # "replace": whether it has a prototype, so that a replace layer can paint it
         return [["feature", r["block"], r["feature"], r["label"], f"{r['frequency']:.4f}",
-                 "" if r["write"] is None else f"{r['write']:.2f}"] for r in concepts.feature_rows(block, words)]
+                 "" if r["write"] is None else f"{r['write']:.2f}", "yes" if r["replace"] else ""]
+                for r in concepts.feature_rows(block, words)]
 
     def concept_of_row(self, state: TabState, row: Any) -> dict:
         """The concept a palette row names: {"block", "concept", "label"}."""

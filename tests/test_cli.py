@@ -82,7 +82,8 @@ def test_features_json_lines_and_search(sae_path, capsys):
     assert paint_app_main(["features", "--model", "tiny-random-sd", "--sae", str(sae_path), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 64
-    assert {"block", "feature", "label", "frequency"} <= set(rows[0])
+    assert {"block", "feature", "label", "frequency", "replace"} <= set(rows[0])
+    assert not any(row["replace"] for row in rows)  # no prototypes beside these SAEs
     assert paint_app_main(["features", "--model", "tiny-random-sd", "--sae", str(sae_path), "--search", "red",
                            "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -319,6 +319,9 @@ def test_shipped_labels_say_how_well_each_feature_writes_and_search_ranks_by_it(
     assert rows and all(row["label"] == "red" for row in rows)
     writes = [row["write"] for row in rows]
     assert writes == sorted(writes, reverse=True)
+    for row in rows:  # every shipped SAE has prototypes; a feature that never reached its top has none
+        assert row["replace"] == bool(concepts.blocks[row["block"]].prototypes.counts[row["feature"]] > 0)
+    assert any(row["replace"] for row in rows) and not all(row["replace"] for row in rows)
 
 
 def test_write_scores_are_the_cosine_of_the_painted_direction_with_the_concept(toy):

@@ -348,7 +348,7 @@ def test_factor_weights_are_edited_and_saved_as_a_concept(app, state):
     app.save_factor(state, key, edited, "my mix")
     assert state.custom == [{"name": "my mix", "block": BLOCK, "features": {rows[0][0]: 2.0}}]
     listed = app.search(state, "mix", "all blocks", "mine")["palette_table"]
-    assert listed == [["mine", BLOCK, 0, "my mix", "", ""]]
+    assert listed == [["mine", BLOCK, 0, "my mix", "", "", ""]]
     app.pick_concept(state, listed[0], True)
     assert state.layers[0].concept == {"features": {rows[0][0]: 2.0}}
 
