@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.ndimage import binary_dilation
 
 from paint_app.toyworld.judges import Judges, colour_fractions, evaluate
 from paint_app.toyworld.train import TOY_REFERENCE, load_checkpoint, save_checkpoint
@@ -234,6 +235,34 @@ def test_replacing_with_the_best_reading_colour_feature_on_the_left_half_of_a_bl
             assert judges.colour(before, left)[0] != colour
             assert judges.colour(after, left)[0] == colour, (seed, colour, judges.colour(after, left))
             assert np.array_equal(after[:, 36:], before[:, 36:]), (seed, colour)
+
+
+def test_replacing_an_object_with_its_background_on_the_early_block_erases_it(toy):
+    """Erasing by painting the background: a ``replace`` layer of the feature that best reads grass (sand) on the
+    early 16x16 block, over the box of `a red circle on grass` (`on sand`), leaves background there, and the
+    rest of the image beyond one latent cell is the plain image's."""
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.engine import Engine
+    from paint_app.session import Layer, Mask, Session
+    from paint_app.toyworld.bench import best_feature, rect_mask, region_rect
+    from paint_app.toyworld.evaluate import object_region
+
+    concepts = ConceptLibrary.load([], toy.profile)
+    block = "down_blocks.0.attentions.0"
+    engine, judges = Engine(toy, concepts), Judges.load()
+    for background, seed in (("grass", 0), ("sand", 1)):
+        ground = best_feature(concepts, block, background, "read", replacing=True)[0]
+        session = Session(model="toy", prompt=f"a red circle on {background}", seed=seed, steps=toy.profile.steps,
+                          guidance=toy.profile.guidance, keep_outside=True)
+        before = np.asarray(engine.generate(session).convert("RGB")).astype(int)
+        rect = region_rect(object_region(before))
+        box = rect_mask(rect)
+        session.layers = [Layer(block=block, mask=Mask(rects=[rect]), feature=ground, mode="replace")]
+        after = np.asarray(engine.generate(session).convert("RGB")).astype(int)
+        assert judges.colour(before, box)[0] == "red" and colour_fractions(before, box)["background"] < 0.6
+        assert colour_fractions(after, box)["background"] > 0.9, (background, colour_fractions(after, box))
+        far = ~binary_dilation(box, iterations=4)
+        assert np.array_equal(after[far], before[far])
 
 
 @pytest.mark.parametrize("name", ["red_feature_left_half", "red_factor_left_half", "red_replace_left_half"])

@@ -11,6 +11,8 @@ a random rectangle (sides 24 or 32 px, on the 8-px grid of the coarsest block) a
   this separates the blur at the edge from changes elsewhere in the picture);
 - removal (erase mode): on scenes whose caption names the concept and whose unpainted image shows it, erase the
   best feature over the object (its region dilated to the 4-px grid); removal is the concept judged gone there.
+  In ``replace`` mode the object's box is instead replaced with the scene's background (its best-reading
+  feature's prototype).
 
 The best feature is, among the features labelled with the concept, the one that best *writes* it (highest
 ``write`` score: its painted direction closest to the concept's mean difference), or with ``feature_by="read"``
@@ -18,7 +20,7 @@ the one that best reads it (highest label score: its activation map closest to t
 
 ``mode`` is how the feature and factor are painted: ``add`` (the default), ``set``, or ``replace`` (the block
 and the later blocks of its level overwritten with the concept's prototype; ``sae.prototypes``). Erasing is
-always the SAE's ``erase``.
+the SAE's ``erase``, or in ``replace`` mode the background's prototype replacing the object.
 """
 
 from __future__ import annotations
@@ -197,11 +199,24 @@ class Bench:
             if region is None or self.judged(kind, base, region) != concept:
                 continue
             rect = region_rect(region)
-            layer = Layer(block=block, mask=Mask(rects=[rect]), feature=feature, mode="erase",
-                          step_range=self.step_range)
+            layer = self.eraser(block, feature, scene.background, rect)
+            if layer is None:
+                continue
             painted = self.image(prompt, seed, [layer])
             removed.append(self.judged(kind, painted, rect_mask(rect)) != concept)
         return (float(np.mean(removed)) if removed else None), len(removed)
+
+
+    def eraser(self, block: str, feature: int, background: str, rect: list[int]) -> Layer | None:
+        """The layer that erases: the feature's ``erase``, or in replace mode the scene's background painted over
+        the object (its best-reading feature with a prototype replaces the box; None where there is none)."""
+        if self.mode != "replace":
+            return Layer(block=block, mask=Mask(rects=[rect]), feature=feature, mode="erase",
+                         step_range=self.step_range)
+        ground = best_feature(self.engine.concepts, block, background, "read", replacing=True)[0]
+        if ground is None:
+            return None
+        return Layer(block=block, mask=Mask(rects=[rect]), feature=ground, mode="replace", step_range=self.step_range)
 
 
 def erase_scene(kind: str, concept: str, i: int) -> tuple[Scene, str, int]:
