@@ -288,13 +288,14 @@ class BlockReplacer:
 
     @torch.no_grad()
     def __call__(self, module, args, kwargs, output):
-        active = [(e, p) for e, p in self.edits if e.active_at(self.counter.step)]
+        active = [i for i, (edit, _) in enumerate(self.edits) if edit.active_at(self.counter.step)]
         if not active:
             return None
         h = block_output(output)
         batch, _, height, width = h.shape
         h = h.clone()
-        for index, (edit, prototype) in enumerate(active):
+        for index in active:
+            edit, prototype = self.edits[index]
             value = prototype[self.prototype_step(prototype)].to(h.device, h.dtype)  # [rows, C]
             if value.shape[0] != batch:  # made with CFG, used without (or the reverse): the conditional row
                 value = value[-1:].expand(batch, -1)
@@ -332,10 +333,7 @@ def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator
     counter = StepCounter()
     hooks = {}
     for block in plan.blocks():
-        try:
-            module = get_block(unet, block)
-        except Exception as exc:
-            raise ModelError(str(exc)) from None
+        module = _block_module(unet, block)
         sae = plan.saes[block]
         channels = getattr(getattr(module, "config", None), "in_channels", sae.d_in)
         if channels != sae.d_in:
@@ -344,10 +342,7 @@ def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator
         edits = [edit for edit in plan.edits if edit.block == block and edit.mode != "replace"]
         hooks[module] = BlockEditor(edits, sae, counter, cfg)
     for block, edits in plan.replaced().items():
-        try:
-            module = get_block(unet, block)
-        except Exception as exc:
-            raise ModelError(str(exc)) from None
+        module = _block_module(unet, block)
         channels = getattr(getattr(module, "config", None), "in_channels", None)
         if channels is not None and channels != edits[0][1].shape[-1]:
             raise ModelError(f"the prototypes for block {block!r} have {edits[0][1].shape[-1]} channels, but that "
@@ -360,3 +355,10 @@ def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator
             yield counter
     finally:
         counter_handle.remove()
+
+
+def _block_module(unet: torch.nn.Module, block: str) -> torch.nn.Module:
+    try:
+        return get_block(unet, block)
+    except Exception as exc:
+        raise ModelError(str(exc)) from None

@@ -283,3 +283,19 @@ def test_replace_without_prototypes_is_a_clear_error(pipe):
     never = Edit(LATE, (4,), torch.ones(64, 64), mode="replace")
     with pytest.raises(ModelError, match=r"feature\(s\) 4 .* have no prototype"):
         run(pipe, Plan([never], {LATE: sae}, {LATE: late_prototypes()}), block=LATE)
+
+
+def test_replace_edits_keep_their_own_masks_and_steps(pipe):
+    sae = make_sae(32, 64, k=4, block=LATE, seed=2)
+    left, right = torch.zeros(64, 64), torch.zeros(64, 64)
+    left[:, :32], right[:, 32:] = 1.0, 1.0
+    plan = Plan([Edit(LATE, (3,), left, mode="replace", step_range=(0, 1)),
+                 Edit(LATE, (9,), right, mode="replace", step_range=(1, 2))],
+                {LATE: sae}, {LATE: late_prototypes()}, steps=2)
+    values = late_prototypes().values[LATE]
+    for step, (_, h_out, new) in enumerate(run(pipe, plan, steps=2, guidance=2.0, block=LATE)):
+        painted, kept = (slice(0, 8), slice(8, 16)) if step == 0 else (slice(8, 16), slice(0, 8))
+        feature = 3 if step == 0 else 9
+        torch.testing.assert_close(to_cells(new)[:, :, painted],
+                                   values[feature, step][:, None, None, :].expand(2, 16, 8, 32))
+        assert torch.equal(to_cells(new)[:, :, kept], to_cells(h_out)[:, :, kept])
