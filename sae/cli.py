@@ -294,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     proto.add_argument("--prompts", required=True, help="text file, one prompt per line")
     proto.add_argument("--limit", type=int, help="use only the first N prompts")
     proto.add_argument("--top", type=float, default=0.1, help="share of a feature's positive activations counted")
-    proto.add_argument("--block", action="append", help="blocks to keep prototypes for (default: the SAE's block "
-                       "and the later blocks of its level)")
+    proto.add_argument("--block", action="append", help="blocks to keep prototypes for, the SAE's own first "
+                       "(default: the SAE's block, from its config, and the later blocks of its level)")
     proto.add_argument("--steps", type=int, help="denoising steps (default: the model's paint_app.json, else 4)")
     proto.add_argument("--guidance", type=float, help="guidance scale (default: the model's, else the pipeline's)")
     proto.add_argument("--height", type=int)

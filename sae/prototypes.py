@@ -122,11 +122,13 @@ def compute_prototypes(pipe, sae: SAE, prompts: list[str], top: float = 0.1, see
         raise SAEError(f"top is {top}; it must be in (0, 1]")
     if not prompts:
         raise SAEError("prompts is empty; prototypes need at least one prompt")
-    block = sae.config.block
+    block = sae.config.block or (blocks[0] if blocks else None)
+    if not block:
+        raise SAEError("the SAE does not say which block it reads; name it first with --block")
     blocks = blocks or replaced_blocks(pipe.unet, block)
     if blocks[0] != block:
         blocks = [block, *[b for b in blocks if b != block]]
-    codes = [_last_step_code(pipe, sae, prompt, seed + i, pipeline_kwargs)
+    codes = [_last_step_code(pipe, sae, block, prompt, seed + i, pipeline_kwargs)
              for i, prompt in enumerate(tqdm(prompts, desc="prototypes: codes", disable=not progress))]
     thresholds = feature_thresholds(codes, sae.n_features, top)
     sums: dict[str, torch.Tensor] = {}
@@ -173,7 +175,8 @@ def _chosen_cells(code: tuple[torch.Tensor, torch.Tensor], thresholds: torch.Ten
     return chosen
 
 
-def _last_step_code(pipe, sae: SAE, prompt: str, seed: int, pipeline_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def _last_step_code(pipe, sae: SAE, block: str, prompt: str, seed: int,
+                    pipeline_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The SAE's top-k code of the block's site at the last UNet call, conditional half: ([cells, k], [cells, k])."""
     last: list[torch.Tensor] = []
 
@@ -181,7 +184,7 @@ def _last_step_code(pipe, sae: SAE, prompt: str, seed: int, pipeline_kwargs: dic
         value = site_value(sae.config.site, block_input(args, kwargs), block_output(output))
         last[:] = [value[-1]]
 
-    with forward_hooks({get_block(pipe.unet, sae.config.block): read}):
+    with forward_hooks({get_block(pipe.unet, block): read}):
         _generate(pipe, prompt, seed, pipeline_kwargs)
     x = last[0].permute(1, 2, 0).reshape(-1, sae.d_in).to(sae.W_dec.device, sae.W_dec.dtype)
     values, indices = sae.encode_topk(x)

@@ -111,3 +111,11 @@ def test_sae_prototypes_cli_writes_them_beside_the_sae(tmp_path, sae, capsys):
     assert sae_main(["prototypes", "--sae", str(folder), "--model", "tiny-random-sd", "--prompts", str(prompts),
                      "--top", "0", "--device", "cpu"]) != 0
     assert "top is 0" in capsys.readouterr().err
+
+
+def test_an_sae_that_does_not_name_its_block_needs_one(pipe):
+    anonymous = make_sae(32, 48, k=4, seed=3)
+    with pytest.raises(SAEError, match="does not say which block"):
+        compute_prototypes(pipe, anonymous, PROMPTS[:1], progress=False, **SETTINGS)
+    prototypes = compute_prototypes(pipe, anonymous, PROMPTS[:1], blocks=[BLOCK], progress=False, **SETTINGS)
+    assert prototypes.blocks == [BLOCK]
