@@ -1,5 +1,8 @@
 """Steering overhead: plain vs steered generation (4 layers on 2 blocks), run side by side in one process.
 
+The steered runs: 4 ``add`` layers; 4 mixed ``add``/``set``/``erase`` layers; 4 ``replace`` layers (the SAEs'
+prototypes made first from two prompts).
+
 Also the speedup of a repaint whose prompt did not change (cached text embeddings) over one that encodes it again.
 
     python benchmarks/steering_overhead.py [--model tiny-random-sd] [--repeats 30] [--size 64] [--steps 4]
@@ -24,22 +27,33 @@ from paint_app.concepts import ConceptLibrary  # noqa: E402
 from paint_app.engine import Engine  # noqa: E402
 from paint_app.models import load_model  # noqa: E402
 from paint_app.session import Session  # noqa: E402
+from sae.pipelines import get_block  # noqa: E402
+from sae.prototypes import compute_prototypes  # noqa: E402
 
 BLOCKS = ("down_blocks.0.attentions.0", "mid_block.attentions.0")
+REPLACED_FEATURE = 0  # given a prototype on both blocks by ``build_engine``
 
 
-def build_engine(model_name: str, device: str, folder: Path) -> Engine:
+def build_engine(model_name: str, device: str, folder: Path, size: int, steps: int) -> Engine:
     model = load_model(model_name, device=device)
-    channels = {b.name: b.channels for b in model.profile.blocks}
+    channels = {block: get_block(model.pipeline.unet, block).config.in_channels for block in BLOCKS}
     paths = []
     for i, block in enumerate(BLOCKS):
         sae = make_sae(channels[block], 8 * channels[block], k=8, block=block, seed=i)
         paths.append(str(save_sae(folder / block, sae)))
+        prototypes = compute_prototypes(model.pipeline, sae.to(model.device), ["a red circle", "a blue square"],
+                                        top=1.0, progress=False, num_inference_steps=steps, guidance_scale=0.0,
+                                        height=size, width=size)
+        best = int(prototypes.counts.argmax())  # the feature that fired most: its prototype serves as feature 0's
+        for values in prototypes.values.values():
+            values[REPLACED_FEATURE] = values[best]
+        prototypes.counts[REPLACED_FEATURE] = prototypes.counts[best]
+        prototypes.save(folder / block)
     return Engine(model, ConceptLibrary.load(paths, model.profile, device=model.device))
 
 
-def sessions(model: str, size: int, steps: int) -> tuple[Session, Session, Session]:
-    """Plain; 4 ``add`` layers on 2 blocks; 4 mixed layers (add, set, erase, add) on 2 blocks."""
+def sessions(model: str, size: int, steps: int) -> tuple[Session, Session, Session, Session]:
+    """Plain; 4 ``add`` layers on 2 blocks; 4 mixed layers (add, set, erase, add) on 2 blocks; 4 ``replace``."""
     base = {"version": 1, "model": model, "prompt": "a red circle on grass", "seed": 0, "width": size,
             "height": size, "steps": steps, "guidance": 0.0}
     half, quarter = size // 2, size // 4
@@ -52,13 +66,17 @@ def sessions(model: str, size: int, steps: int) -> tuple[Session, Session, Sessi
          "mask": {"rects": [[quarter, quarter, 3 * quarter, 3 * quarter]]}},
     ]
     added = [{**layer, "mode": "add", "strength": 3.0} for layer in layers]
+    replaced = [{key: value for key, value in layer.items() if key not in ("feature", "features")} |
+                {"mode": "replace", "feature": REPLACED_FEATURE} for layer in layers]
     return (Session.from_dict({**base, "layers": []}), Session.from_dict({**base, "layers": added}),
-            Session.from_dict({**base, "layers": layers}))
+            Session.from_dict({**base, "layers": layers}), Session.from_dict({**base, "layers": replaced}))
 
 
 def timed(engine: Engine, session: Session) -> float:
+    """Seconds for one generation with every step computed (``replay=False``: the step cache would otherwise
+    replay a plain run whole, and a steered one up to its first edited step, which is not steering's cost)."""
     start = time.perf_counter()
-    engine.generate(session)
+    engine.generate(session, replay=False)
     return time.perf_counter() - start
 
 
@@ -74,27 +92,29 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        engine = build_engine(args.model, args.device, Path(tmp))
-        plain, added, steered = sessions(args.model, args.size, args.steps)
+        engine = build_engine(args.model, args.device, Path(tmp), args.size, args.steps)
+        plain, added, steered, replaced = sessions(args.model, args.size, args.steps)
         for _ in range(3):  # warm-up: caches, allocator, first-call overheads
-            timed(engine, plain), timed(engine, added), timed(engine, steered)
-        plain_times, added_times, steered_times, uncached_times, cached_times = [], [], [], [], []
+            timed(engine, plain), timed(engine, added), timed(engine, steered), timed(engine, replaced)
+        plain_times, added_times, steered_times, replaced_times, uncached_times, cached_times = [], [], [], [], [], []
         for _ in range(args.repeats):  # interleaved, so drifts of the machine hit all sides alike
             plain_times.append(timed(engine, plain))
             added_times.append(timed(engine, added))
             steered_times.append(timed(engine, steered))
+            replaced_times.append(timed(engine, replaced))
             engine._prompt_cache.clear()
             uncached_times.append(timed(engine, steered))
             cached_times.append(timed(engine, steered))
     device = engine.model.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
-    p, a, s = (statistics.median(t) for t in (plain_times, added_times, steered_times))
+    p, a, s, r = (statistics.median(t) for t in (plain_times, added_times, steered_times, replaced_times))
     u, c = statistics.median(uncached_times), statistics.median(cached_times)
     print(f"model {args.model}, {args.size}x{args.size}, {args.steps} steps, device {device} ({name}), "
           f"torch threads {torch.get_num_threads()}, {args.repeats} interleaved repeats")
     print(f"plain generation, median      {p * 1000:8.1f} ms")
     print(f"4 add layers on 2 blocks      {a * 1000:8.1f} ms   ratio {a / p:6.3f} (target <= 1.05)")
     print(f"4 mixed add/set/erase layers  {s * 1000:8.1f} ms   ratio {s / p:6.3f} (target <= 1.05)")
+    print(f"4 replace layers on 2 blocks  {r * 1000:8.1f} ms   ratio {r / p:6.3f} (target <= 1.05)")
     print(f"repaint, prompt re-encoded    {u * 1000:8.1f} ms")
     print(f"repaint, prompt cached        {c * 1000:8.1f} ms   speedup {u / c:6.3f}x")
 
