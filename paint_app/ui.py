@@ -430,10 +430,6 @@ class PaintApp:
             return {**result, "state": state}
         return {**result, **self.repaint(state, notes, live)}
 
-    def _has_prototypes(self, block: str) -> bool:
-        entry = self.engine.concepts.blocks.get(block)
-        return entry is not None and entry.prototypes is not None
-
     def set_mode(self, state: TabState, mode: Any, live: bool = True) -> dict:
         notes = Notes()
 
@@ -441,10 +437,10 @@ class PaintApp:
             if mode not in MODES:
                 notes.warn(f"mode is {mode!r}; allowed: {', '.join(MODES)}")
                 return False
-            if mode == "replace" and not self._has_prototypes(layer.block):
-                notes.warn(f"mode 'replace' needs prototypes of the SAE of {layer.block} (prototypes.safetensors, "
-                           "made by `sae prototypes`); this one has none. The layer keeps its mode "
-                           f"{layer.mode!r}.")
+            if mode == "replace" and not self._replaceable({"block": layer.block, "concept": layer.concept}):
+                notes.warn(f"mode 'replace' needs a prototype of the layer's concept ({layer.block}: "
+                           "prototypes.safetensors beside its SAE, made by `sae prototypes`); it has none. The "
+                           f"layer keeps its mode {layer.mode!r}.")
                 return False
             changed, layer.mode = layer.mode != mode, mode
             if mode == "replace" and layer.step_range is not None and layer.step_range == self.profile.layer_step_range:
@@ -666,6 +662,9 @@ class PaintApp:
             target.block, target.concept = chosen["block"], dict(chosen["concept"])
             target.name = _unique_name(chosen["label"] or canvas.describe_concept(target.block, target.concept), names)
             notes.info(f"Layer {state.active + 1} now paints '{target.name}'.")
+            if target.mode == "replace" and not self._replaceable(chosen):
+                target.mode = "add"
+                notes.info("It has no prototype to replace with (`sae prototypes`), so the layer now adds it.")
             return changed
 
         return {"state": state, **self._change_layer(state, notes, live, change)}
@@ -688,6 +687,10 @@ class PaintApp:
                 f"empty prompt, right the concept painted everywhere at strength {self.profile.layer_strength:g}.")
         return {"preview": image.resize((image.width * scale, image.height * scale), Image.NEAREST),
                 "examples": examples, "palette_info": info}
+
+    def _replaceable(self, chosen: dict) -> bool:
+        entry = self.engine.concepts.blocks.get(chosen["block"])
+        return entry is not None and any(entry.replaceable(f) and w > 0 for f, w in self._weights_of(chosen).items())
 
     def _weights_of(self, chosen: dict) -> dict[int, float]:
         from .session import Layer, Mask
@@ -764,7 +767,7 @@ class PaintApp:
         if mode not in MODES:
             notes.warn(f"mode is {mode!r}; allowed: {', '.join(MODES)}")
             return {"status": notes.text()}
-        if mode == "replace" and not self._has_prototypes(chosen["block"]):
+        if mode == "replace" and not self._replaceable(chosen):
             notes.warn(f"mode 'replace' needs prototypes of the SAE of {chosen['block']} (`sae prototypes`); "
                        "this one has none")
             return {"status": notes.text()}
@@ -831,7 +834,7 @@ class PaintApp:
             if session.model != self.engine.model.name:
                 raise PaintError(f"model is {session.model!r}; this app runs {self.engine.model.name!r} "
                                  f"(start it with `paint-app serve --model {session.model}` for this session)")
-            self.engine.plan(session)
+            self.engine.plan(session).validate()
         except (PaintError, SAEError, OSError) as exc:
             notes.warn(f"Uploaded session not loaded: {exc}. The canvas, layers and image are kept.")
             return {"status": notes.text()}

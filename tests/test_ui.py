@@ -215,7 +215,7 @@ def test_layer_settings_validate_and_repaint(app, state):
         app.set_mode(state, "paint", True)
     app.set_mode(state, "erase", True)
     assert state.layers[0].mode == "erase"
-    with pytest.warns(UserWarning, match="mode 'replace' needs prototypes.*keeps its mode 'erase'"):
+    with pytest.warns(UserWarning, match="mode 'replace' needs a prototype.*keeps its mode 'erase'"):
         app.set_mode(state, "replace", True)
     assert state.layers[0].mode == "erase"
     with pytest.warns(UserWarning, match="step range is \\[3, 2\\]"):
@@ -230,8 +230,10 @@ def test_layer_settings_validate_and_repaint(app, state):
 
 def test_layers_add_select_delete_clear(app, state):
     painted(app, state)
-    app.pick_concept(state, ["feature", MID, 1, "blue thing", ""], True)
+    state.layers[0].mode = "replace"  # e.g. from a session made where the SAEs had prototypes; these have none
+    result = app.pick_concept(state, ["feature", MID, 1, "blue thing", ""], True)
     assert state.layers[0].block == MID and state.layers[0].name == "blue thing"
+    assert state.layers[0].mode == "add" and "no prototype to replace with" in result["status"]
     app.add_layer(state)
     assert len(state.layers) == 2 and state.active == 1 and state.layers[1].concept == {"feature": 1}
     assert state.layers[1].name == "blue thing (2)"
@@ -390,9 +392,12 @@ def test_sessions_round_trip_and_bad_files_change_nothing(app, state, tmp_path):
              "model.json": json.dumps({"version": 1, "model": "toy", "width": 64, "height": 64, "steps": 4}),
              "block.json": json.dumps({"version": 1, "model": "tiny-random-sd", "width": 64, "height": 64,
                                        "steps": 4, "layers": [{"block": "up_blocks.1.attentions.0", "feature": 1,
-                                                               "mask": {"rects": [[0, 0, 8, 8]]}}]})}
+                                                               "mask": {"rects": [[0, 0, 8, 8]]}}]}),
+             "replace.json": json.dumps({"version": 1, "model": "tiny-random-sd", "width": 64, "height": 64,
+                                         "steps": 4, "layers": [{"block": BLOCK, "feature": 1, "mode": "replace",
+                                                                 "mask": {"rects": [[0, 0, 8, 8]]}}]})}
     expected = {"text.json": "not valid JSON", "bad.json": "width is 63", "model.json": "this app runs",
-                "block.json": "no SAE is loaded"}
+                "block.json": "no SAE is loaded", "replace.json": "mode is 'replace' but the SAE .* no prototypes"}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.warns(UserWarning, match=expected[name]):
