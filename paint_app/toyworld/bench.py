@@ -10,7 +10,9 @@ a random rectangle (sides 24 or 32 px, on the 8-px grid of the coarsest block) a
   ``EDGE_PX`` pixels of the mask (one latent cell: the VAE decoder spreads a painted edge by a few pixels, so
   this separates the blur at the edge from changes elsewhere in the picture);
 - removal (erase mode): on scenes whose caption names the concept and whose unpainted image shows it, erase the
-  best feature over the object (its region dilated to the 4-px grid); removal is the concept judged gone there.
+  best feature over the object (its region dilated to the 4-px grid); removal is the concept judged gone there,
+  and the share of the box's pixels judged background after (and before) says whether it became background or
+  something else.
   In ``replace`` mode the object's box is instead replaced with the scene's background (its best-reading
   feature's prototype).
 
@@ -33,7 +35,7 @@ from paint_app.engine import Engine
 from paint_app.session import Layer, Mask, Session
 
 from .evaluate import object_region
-from .judges import Judges
+from .judges import Judges, colour_fractions
 from .labels import CONCEPT_KIND, best_labelled
 from .world import COLOUR_NAMES, SHAPES, TEXTURES, Scene, caption, scene_for_seed
 
@@ -62,6 +64,8 @@ class Result:
     far_leakage_feature: float | None = None  # beyond EDGE_PX of the mask
     far_leakage_factor: float | None = None
     feature_write: float | None = None  # the painted feature's write score (None where labels have none)
+    erased_background: float | None = None  # erase trials: share of the object's box judged background after
+    base_background: float | None = None  # ... and before
 
 
 def best_feature(concepts, block: str, concept: str, by: str = "write",
@@ -183,15 +187,17 @@ class Bench:
                 hits[name].append(self.judged(kind, painted, mask) == concept)
                 leaks[name].append(leakage(base, painted, mask))
                 far[name].append(leakage(base, painted, mask, EDGE_PX))
-        removal, n_erase = self.erase(block, concept, feature) if feature is not None else (None, 0)
+        removal, n_erase, after, before = self.erase(block, concept, feature) if feature is not None else \
+            (None, 0, None, None)
         return Result(block, concept, kind, feature, score, factor, mean(hits["feature"]) or 0.0,
                       mean(hits["factor"]), mean(hits["base"]) or 0.0, mean(leaks["feature"]) or 0.0,
                       mean(leaks["factor"]), removal, self.k, n_erase, mean(far["feature"]), mean(far["factor"]),
-                      write)
+                      write, after, before)
 
-    def erase(self, block: str, concept: str, feature: int) -> tuple[float | None, int]:
+    def erase(self, block: str, concept: str, feature: int) -> tuple[float | None, int, float | None, float | None]:
+        """(removal, trials, the box's background share after, before) over the concept's erase trials."""
         kind = CONCEPT_KIND[concept]
-        removed = []
+        removed, after, before = [], [], []
         for i in range(self.k):
             scene, prompt, seed = erase_scene(kind, concept, i)
             base = self.image(prompt, seed)
@@ -203,9 +209,11 @@ class Bench:
             if layer is None:
                 continue
             painted = self.image(prompt, seed, [layer])
-            removed.append(self.judged(kind, painted, rect_mask(rect)) != concept)
-        return (float(np.mean(removed)) if removed else None), len(removed)
-
+            box = rect_mask(rect)
+            removed.append(self.judged(kind, painted, box) != concept)
+            after.append(colour_fractions(painted, box)["background"])
+            before.append(colour_fractions(base, box)["background"])
+        return mean(removed), len(removed), mean(after), mean(before)
 
     def eraser(self, block: str, feature: int, background: str, rect: list[int]) -> Layer | None:
         """The layer that erases: the feature's ``erase``, or in replace mode the scene's background painted over
@@ -274,6 +282,8 @@ def summary(results: list[Result]) -> list[dict]:
         row["far_leakage"] = mean([r.far_leakage_feature for r in mine if r.far_leakage_feature is not None])
         row["far_leakage_factor"] = mean([r.far_leakage_factor for r in mine if r.far_leakage_factor is not None])
         row["removal"] = mean([r.removal for r in mine if r.removal is not None])
+        row["erased_background"] = mean([r.erased_background for r in mine if r.erased_background is not None])
+        row["base_background"] = mean([r.base_background for r in mine if r.base_background is not None])
         for kind in PAINTED_KINDS:
             row[f"{kind}_base"] = mean([r.base_rate for r in mine if r.kind == kind])
         rows.append(row)
@@ -282,14 +292,17 @@ def summary(results: list[Result]) -> list[dict]:
 
 def summary_table(rows: list[dict]) -> str:
     lines = ["| block | painted with | colour success | texture success | shape success | leakage | "
-             f"leakage beyond {EDGE_PX} px | removal (erase) |", "|" + "---|" * 8]
+             f"leakage beyond {EDGE_PX} px | removal (erase) | erased box: background after (before) |",
+             "|" + "---|" * 9]
     for row in rows:
+        after, before = row.get("erased_background"), row.get("base_background")  # absent from older runs
+        box = "-" if after is None else f"{fmt(after)} ({fmt(before)})"
         lines.append(f"| {row['block']} | best feature | {fmt(row['colour'])} | {fmt(row['texture'])} | "
                      f"{fmt(row['shape'])} | {fmt(row['leakage'])} | {fmt(row['far_leakage'])} | "
-                     f"{fmt(row['removal'])} |")
+                     f"{fmt(row['removal'])} | {box} |")
         lines.append(f"| {row['block']} | best factor | {fmt(row['colour_factor'])} | {fmt(row['texture_factor'])} | "
                      f"{fmt(row['shape_factor'])} | {fmt(row['leakage_factor'])} | "
-                     f"{fmt(row['far_leakage_factor'])} | - |")
+                     f"{fmt(row['far_leakage_factor'])} | - | - |")
         lines.append(f"| {row['block']} | nothing (base rate) | {fmt(row['colour_base'])} | {fmt(row['texture_base'])} | "
-                     f"{fmt(row['shape_base'])} | - | - | - |")
+                     f"{fmt(row['shape_base'])} | - | - | - | - |")
     return "\n".join(lines)
