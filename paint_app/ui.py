@@ -56,6 +56,8 @@ PALETTE_HEADERS = ["kind", "block", "id", "label", "frequency", "paints", "repla
 INSPECT_HEADERS = ["block", "feature", "label", "value", "x typical"]
 FACTOR_HEADERS = ["block", "factor", "label", "value"]
 WEIGHT_HEADERS = ["feature", "label", "weight"]
+NO_PROTOTYPE = ("mode 'replace' needs a prototype of the concept ({block}: prototypes.safetensors beside its SAE, "
+                "made by `sae prototypes`); it has none.")
 CSS = """
 #output img, #heat img, #preview img, #examples img { image-rendering: pixelated; }
 #status { min-height: 1.5em; }
@@ -438,9 +440,7 @@ class PaintApp:
                 notes.warn(f"mode is {mode!r}; allowed: {', '.join(MODES)}")
                 return False
             if mode == "replace" and not self._replaceable({"block": layer.block, "concept": layer.concept}):
-                notes.warn(f"mode 'replace' needs a prototype of the layer's concept ({layer.block}: "
-                           "prototypes.safetensors beside its SAE, made by `sae prototypes`); it has none. The "
-                           f"layer keeps its mode {layer.mode!r}.")
+                notes.warn(f"{NO_PROTOTYPE.format(block=layer.block)} The layer keeps its mode {layer.mode!r}.")
                 return False
             changed, layer.mode = layer.mode != mode, mode
             if mode == "replace" and layer.step_range is not None and layer.step_range == self.profile.layer_step_range:
@@ -768,8 +768,7 @@ class PaintApp:
             notes.warn(f"mode is {mode!r}; allowed: {', '.join(MODES)}")
             return {"status": notes.text()}
         if mode == "replace" and not self._replaceable(chosen):
-            notes.warn(f"mode 'replace' needs prototypes of the SAE of {chosen['block']} (`sae prototypes`); "
-                       "this one has none")
+            notes.warn(NO_PROTOTYPE.format(block=chosen["block"]))
             return {"status": notes.text()}
         try:
             mask = region_of(state.maps, chosen["block"], chosen["concept"]["feature"])

@@ -216,15 +216,25 @@ def collect(options: CollectOptions, pipe=None) -> dict[str, Manifest]:
     return {block: read_manifest(folder) for block, folder in folders.items()}
 
 
-def _prepare_folders(pipe, options: CollectOptions, prompts: list[str], state) -> tuple[dict, dict]:
-    defaults = model_defaults(options.model)
+def generation_settings(pipe, model: str, steps: int | None = None, guidance: float | None = None,
+                        height: int | None = None, width: int | None = None) -> tuple[int, int, int, float | None]:
+    """(height, width, steps, guidance) of a run: what was asked, else the model's ``paint_app.json``, else the
+    UNet's sample size, 4 steps and the pipeline's own guidance (None)."""
+    defaults = model_defaults(model)
     vae_scale = getattr(pipe, "vae_scale_factor", 8)
-    height = options.height or defaults.get("height") or pipe.unet.config.sample_size * vae_scale
-    width = options.width or defaults.get("width") or pipe.unet.config.sample_size * vae_scale
-    steps = options.steps or defaults.get("steps") or 4
-    guidance = options.guidance if options.guidance is not None else defaults.get("guidance")
+    height = height or defaults.get("height") or pipe.unet.config.sample_size * vae_scale
+    width = width or defaults.get("width") or pipe.unet.config.sample_size * vae_scale
+    steps = steps or defaults.get("steps") or 4
+    guidance = guidance if guidance is not None else defaults.get("guidance")
     if steps < 1:
         raise SAEError(f"steps is {steps}; it must be >= 1")
+    return height, width, steps, guidance
+
+
+def _prepare_folders(pipe, options: CollectOptions, prompts: list[str], state) -> tuple[dict, dict]:
+    height, width, steps, guidance = generation_settings(pipe, options.model, options.steps, options.guidance,
+                                                         options.height, options.width)
+    vae_scale = getattr(pipe, "vae_scale_factor", 8)
     for index in options.step_indices or []:
         if not 0 <= index < steps:
             raise SAEError(f"step-index is {index}; allowed: 0..{steps - 1} (with --steps {steps})")

@@ -168,7 +168,7 @@ def cmd_top_examples(args: argparse.Namespace) -> int:
 
 
 def cmd_prototypes(args: argparse.Namespace) -> int:
-    from .capture import model_defaults, read_prompts
+    from .capture import generation_settings, read_prompts
     from .model import SAE, resolve_path
     from .pipelines import load_diffusers_pipeline
     from .prototypes import compute_prototypes
@@ -177,14 +177,12 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, args.limit)
     pipe = load_diffusers_pipeline(args.model, device=args.device, dtype=args.dtype)
     sae = SAE.from_pretrained(folder, device=pipe.unet.device)
-    defaults = model_defaults(args.model)
-    settings = {"num_inference_steps": args.steps or defaults.get("steps", 4),
-                "height": args.height or defaults.get("height"), "width": args.width or defaults.get("width")}
-    guidance = args.guidance if args.guidance is not None else defaults.get("guidance")
+    height, width, steps, guidance = generation_settings(pipe, args.model, args.steps, args.guidance, args.height,
+                                                         args.width)
+    settings = {"num_inference_steps": steps, "height": height, "width": width}
     if guidance is not None:
         settings["guidance_scale"] = guidance
-    prototypes = compute_prototypes(pipe, sae, prompts, top=args.top, seed=args.seed, blocks=args.block,
-                                    **{key: value for key, value in settings.items() if value is not None})
+    prototypes = compute_prototypes(pipe, sae, prompts, top=args.top, seed=args.seed, blocks=args.block, **settings)
     file = prototypes.save(args.out or folder)
     have = int((prototypes.counts > 0).sum())
     print(f"prototypes of {have} of {sae.n_features} features at {', '.join(prototypes.blocks)} "
