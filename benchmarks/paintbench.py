@@ -36,10 +36,11 @@ def main(argv: list[str] | None = None) -> int:
                              "'keep the rest' option); leakage then measures what still gets through")
     parser.add_argument("--mode", choices=("add", "set", "replace"), default="add",
                         help="how the feature and factor are painted (replace needs the SAEs' prototypes)")
-    parser.add_argument("--feature-by", choices=("write", "read"),
+    parser.add_argument("--feature-by", choices=("write", "read", "replace"),
                         help="a concept's best feature: the labelled feature that best writes it (its write score; "
-                             "the default in add and set modes) or best reads it (its label score; the default in "
-                             "replace mode, whose prototype is where the feature reads)")
+                             "the default in add and set modes), best reads it (its label score), or best paints it "
+                             "by replacing (its replace score, measured on the labels' scenes; the default in replace "
+                             "mode, falling back to the best reader where the labels have no replace scores)")
     parser.add_argument("--blocks", nargs="*", help="only these blocks (default: every block with an SAE)")
     parser.add_argument("--concepts", nargs="*", help="only these concepts")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"header": header, "results": [asdict(r) for r in results],
                                          "summary": rows}, indent=1) + "\n")
     if args.card:
-        tag = re.search(r"strength \S+, step range (\[[^]]*\]|all)(, outside kept)?(, features by read score)?"
+        tag = re.search(r"strength \S+, step range (\[[^]]*\]|all)(, outside kept)?(, features by \w+ score)?"
                         r"(, mode \w+)?", header).group(0)
         write_card_section(args.card, text, tag)
     return 0
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace):
     strength = profile.layer_strength if args.strength is None else args.strength
     step_range = profile.layer_step_range if args.step_range is None else tuple(args.step_range)
     step_range = step_range if step_range and step_range[1] > 0 else None
-    args.feature_by = args.feature_by or ("read" if args.mode == "replace" else "write")
+    args.feature_by = args.feature_by or ("replace" if args.mode == "replace" else "write")
     bench = Bench(Engine(loaded, concepts), Judges.load(), strength, args.k, step_range, args.keep_outside,
                   args.feature_by, args.mode)
     start = time.perf_counter()
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace):
     seconds = time.perf_counter() - start
     header = (f"PaintBench (toy), model {args.model}, K={args.k} scenes per concept, strength {strength}, "
               f"step range {list(step_range) if step_range else 'all'}{', outside kept' if args.keep_outside else ''}"
-              f"{', features by read score' if args.feature_by == 'read' else ''}"
+              f"{'' if args.feature_by == 'write' else f', features by {args.feature_by} score'}"
               f"{'' if args.mode == 'add' else ', mode ' + args.mode}, "
               f"{loaded.profile.steps} steps, "
               f"guidance {loaded.profile.guidance}; {seconds:.0f} s on {loaded.device}")

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--block", help="only this block")
     features.add_argument("--search", help="only features whose label holds all these words")
     features.add_argument("--factors", action="store_true", help="list factors instead of features")
+    features.add_argument("--rank", choices=("write", "replace"), default="write",
+                          help="order of search results: best painters for add/set layers (write score) or for "
+                               "replace layers (with a prototype, by replace score)")
     features.add_argument("--json", action="store_true", help="one JSON object per line")
     features.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
     return parser
@@ -137,7 +140,8 @@ def _features(args: argparse.Namespace) -> int:
     concepts = ConceptLibrary.load(args.sae, profile, device="cpu")
     if not concepts.blocks:
         raise PaintError(f"model {args.model!r} has no SAEs; pass --sae PATH (an SAE folder or hf://...)")
-    rows = (concepts.factor_rows if args.factors else concepts.feature_rows)(args.block, args.search)
+    rows = concepts.factor_rows(args.block, args.search) if args.factors else \
+        concepts.feature_rows(args.block, args.search, args.rank)
     if args.limit > 0:
         rows = rows[: args.limit]
     if not rows and args.search:

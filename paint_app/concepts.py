@@ -135,12 +135,16 @@ class ConceptLibrary:
         best = max(rows, key=lambda r: r["score"])
         return {"block": best["block"], "concept": {"feature": best["feature"]}, "label": best["label"]}
 
-    def feature_rows(self, block: str | None = None, search: str | None = None) -> list[dict]:
-        """One row per feature (block, feature, label, score, write, source, frequency, sigma, and ``replace``:
-        whether it has a prototype for ``replace`` layers), optionally filtered.
+    def feature_rows(self, block: str | None = None, search: str | None = None, rank: str = "write") -> list[dict]:
+        """One row per feature (block, feature, label, score, write, source, frequency, sigma, ``replace``:
+        whether it has a prototype for ``replace`` layers, and ``replace_score``), optionally filtered.
 
         Search results come best first: by ``write`` (how well painting the feature writes its label) where the
-        labels measured it, else by ``score`` (how well its activation reads the label)."""
+        labels measured it, else by ``score`` (how well its activation reads the label); with ``rank="replace"``,
+        for ``replace`` layers: features with a prototype first, by ``replace_score`` (the share of trial replace
+        edits judged to paint the label) where measured, then by ``score``."""
+        if rank not in RANKS:
+            raise PaintError(f"rank is {rank!r}; allowed: {', '.join(RANKS)}")
         if block is not None:
             self.get(block)
         words = [w for w in (search or "").lower().split() if w]
@@ -159,9 +163,10 @@ class ConceptLibrary:
                              "score": round(label.score, 4) if label else 0.0,
                              "write": label.write if label else None,
                              "source": label.source if label else "", "frequency": frequency[feature],
-                             "sigma": sigma[feature], "replace": entry.replaceable(feature)})
+                             "sigma": sigma[feature], "replace": entry.replaceable(feature),
+                             "replace_score": label.replace if label else None})
         if words:
-            rows.sort(key=paint_rank)
+            rows.sort(key=RANKS[rank])
         return rows
 
     def factor_rows(self, block: str | None = None, search: str | None = None) -> list[dict]:
@@ -183,6 +188,19 @@ class ConceptLibrary:
 def paint_rank(row: dict) -> tuple[int, float]:
     """Sort key of a feature row, best painter first: rows with a write score (by it), then the rest by score."""
     return (0, -row["write"]) if row["write"] is not None else (1, -row["score"])
+
+
+def replace_rank(row: dict) -> tuple[int, float, float]:
+    """Sort key of a feature row for ``replace`` layers: with a prototype first, by replace score where
+    measured, then by label score."""
+    if not row["replace"]:
+        return (2, 0.0, -row["score"])
+    if row["replace_score"] is None:
+        return (1, 0.0, -row["score"])
+    return (0, -row["replace_score"], -row["score"])
+
+
+RANKS = {"write": paint_rank, "replace": replace_rank}
 
 
 def _block_from_name(text: str) -> str:

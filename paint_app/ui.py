@@ -94,6 +94,13 @@ def new_tab_state() -> TabState:
     return TabState()
 
 
+def replace_cell(row: dict) -> str:
+    """The palette's ``replace`` cell of a feature row: "" (no prototype), "yes", or "yes, 88%" (replace score)."""
+    if not row["replace"]:
+        return ""
+    return "yes" if row["replace_score"] is None else f"yes, {row['replace_score']:.0%}"
+
+
 class Notes:
     """Warnings of one handler call: shown as gradio toasts and in the page's status line."""
 
@@ -617,10 +624,13 @@ class PaintApp:
             return [["mine", c["block"], i, c["name"], "", "", ""] for i, c in enumerate(state.custom)
                     if (block is None or c["block"] == block) and all(t in c["name"].lower() for t in terms)]
         # "paints": the label's write score (how well painting the feature writes its label), where known;
-        # "replace": whether it has a prototype, so that a replace layer can paint it
+        # "replace": whether it has a prototype, so that a replace layer can paint it (with its replace score,
+        # where measured). A replace layer's search lists the best replacers first.
+        layer = state.active_layer()
+        rank = "replace" if layer is not None and layer.mode == "replace" else "write"
         return [["feature", r["block"], r["feature"], r["label"], f"{r['frequency']:.4f}",
-                 "" if r["write"] is None else f"{r['write']:.2f}", "yes" if r["replace"] else ""]
-                for r in concepts.feature_rows(block, words)]
+                 "" if r["write"] is None else f"{r['write']:.2f}", replace_cell(r)]
+                for r in concepts.feature_rows(block, words, rank)]
 
     def concept_of_row(self, state: TabState, row: Any) -> dict:
         """The concept a palette row names: {"block", "concept", "label"}."""

@@ -2,12 +2,15 @@
 
 ``labels.json`` beside an SAE::
 
-    {"version": 1, "labels": {"17": {"label": "red", "score": 0.83, "source": "ground-truth", "write": 0.71}}}
+    {"version": 1, "labels": {"17": {"label": "red", "score": 0.83, "source": "ground-truth", "write": 0.71,
+                                     "replace": 0.875}}}
 
 ``source`` is one of ``ground-truth``, ``prompt-words``, ``user``. Labels a user edited by hand are kept
 when labels are computed again. An optional ``write`` says how well *painting* the feature writes its label,
 as ground truth can measure it: the cosine between the feature's painted direction (sigma_f d_f) and the
 concept's mean difference at the block. A feature can read a concept well (its score) and write it poorly.
+An optional ``replace`` is the share of trial ``replace`` edits of the feature (its prototype overwriting a
+rectangle) in which ground truth's judges saw the label painted there.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Label:
     score: float = 0.0
     source: str = "user"
     write: float | None = None  # how well painting the feature writes its label, where ground truth measured it
+    replace: float | None = None  # share of trial ``replace`` edits judged to paint its label, where measured
 
 
 def load_labels(folder: str | Path) -> dict[int, Label]:
@@ -43,12 +47,16 @@ def load_labels(folder: str | Path) -> dict[int, Label]:
         data = json.loads(file.read_text())
         entries = data["labels"]
         return {int(key): Label(str(v["label"]), float(v.get("score", 0.0)), str(v.get("source", "user")),
-                                None if v.get("write") is None else float(v["write"]))
+                                _optional(v, "write"), _optional(v, "replace"))
                 for key, v in entries.items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise SAEError(f"'{file}' is not a valid labels file ({exc!r}); expected "
                        '{"version": 1, "labels": {"<feature>": {"label": ..., "score": ..., "source": ..., '
-                       '"write": <a number, optional>}}}') from None
+                       '"write": <a number, optional>, "replace": <a number, optional>}}}') from None
+
+
+def _optional(entry: dict, key: str) -> float | None:
+    return None if entry.get(key) is None else float(entry[key])
 
 
 def save_labels(folder: str | Path, labels: dict[int, Label]) -> None:
@@ -63,10 +71,7 @@ def save_labels(folder: str | Path, labels: dict[int, Label]) -> None:
 
 
 def _entry(label: Label) -> dict:
-    entry = asdict(label)
-    if entry["write"] is None:
-        del entry["write"]
-    return entry
+    return {key: value for key, value in asdict(label).items() if value is not None or key not in ("write", "replace")}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -353,6 +353,23 @@ def test_shipped_labels_say_how_well_each_feature_writes_and_search_ranks_by_it(
     assert any(row["replace"] for row in rows) and not all(row["replace"] for row in rows)
 
 
+def test_shipped_labels_hold_replace_scores_and_the_cli_ranks_by_them(toy, capsys):
+    from paint_app.cli import main as paint_app_main
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.toyworld.bench import PAINTED_KINDS
+    from paint_app.toyworld.labels import CONCEPT_KIND
+
+    concepts = ConceptLibrary.load([], toy.profile)
+    for entry in concepts.blocks.values():
+        scored = {f: label for f, label in entry.labels.items() if label.replace is not None}
+        assert scored and all(0 <= label.replace <= 1 and CONCEPT_KIND[label.label] in PAINTED_KINDS
+                              and entry.replaceable(f) for f, label in scored.items())
+    assert paint_app_main(["features", "--model", "toy", "--search", "red", "--rank", "replace", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    best = max(row["replace_score"] or 0 for row in rows)
+    assert rows[0]["replace"] and rows[0]["replace_score"] == best and best >= 0.75
+
+
 def test_write_scores_are_the_cosine_of_the_painted_direction_with_the_concept(toy):
     from paint_app.concepts import ConceptLibrary
     from paint_app.toyworld.labels import write_scores
@@ -380,8 +397,48 @@ def test_paintbench_paints_the_labelled_feature_that_writes_best_or_reads_best(t
     assert best_feature(library, "b", "green") == (None, 0.0, None)
     labels[2] = Label("red", 0.5, "user")  # labels without write scores: the best reader
     assert best_feature(library, "b", "red")[0] == 1
-    with pytest.raises(ValueError, match="allowed: write, read"):
+    with pytest.raises(ValueError, match="allowed: write, read, replace"):
         best_feature(library, "b", "red", by="loudest")
+    assert best_feature(library, "b", "red", by="replace")[0] == 1  # none measured: the best reader
+    labels[4] = Label("red", 0.1, "ground-truth", 0.1, 0.75)
+    labels[5] = Label("red", 0.3, "ground-truth", 0.1, 0.75)  # a tie on replace goes to the better reader
+    labels[6] = Label("red", 0.99, "ground-truth", 0.1, 0.5)
+    assert best_feature(library, "b", "red", by="replace")[0] == 5
+
+
+def test_replace_scores_are_written_into_ground_truth_labels_only(tmp_path):
+    from paint_app.toyworld.labels import set_replace_scores
+    from sae.labels import Label, load_labels, save_labels
+
+    save_labels(tmp_path, {1: Label("red", 0.5, "ground-truth", 0.2, 0.25), 2: Label("blue", 0.4, "ground-truth"),
+                           3: Label("mine", 1.0, "user")})
+    assert set_replace_scores(tmp_path, {2: 0.875, 3: 1.0}) == 1
+    labels = load_labels(tmp_path)
+    assert labels[1].replace is None and labels[2].replace == 0.875  # an earlier score is cleared
+    assert labels[3] == Label("mine", 1.0, "user")
+
+
+def test_replace_scores_measure_how_often_a_features_prototype_paints_its_colour(toy):
+    """The shipped late block's red readers replace two trial rectangles each (the labels' scenes); the best of
+    them paints red there, and the palette's replace ranking puts the measured ones first, best first."""
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.engine import Engine
+    from paint_app.toyworld.bench import replace_scores
+    from paint_app.toyworld.judges import Judges
+
+    block = "up_blocks.1.attentions.0"
+    concepts = ConceptLibrary.load([], toy.profile)
+    scores = replace_scores(Engine(toy, concepts), Judges.load(), block, trials=2, candidates=3,
+                            concepts=["red"], progress=False)
+    entry = concepts.blocks[block]
+    assert len(scores) == 3 and all(entry.labels[f].label == "red" and entry.replaceable(f) for f in scores)
+    assert all(v in (0.0, 0.5, 1.0) for v in scores.values()) and max(scores.values()) == 1.0
+    for feature, label in entry.labels.items():  # this library's copy: only the scores just measured
+        label.replace = scores.get(feature)
+    rows = concepts.feature_rows(block, "red", rank="replace")
+    measured = [row["replace_score"] for row in rows if row["replace_score"] is not None]
+    assert measured == sorted(scores.values(), reverse=True) and rows[0]["replace_score"] == 1.0
+    assert all(row["replace"] for row in rows[:len(measured)])
 
 
 def test_patching_replays_a_block_and_the_last_block_carries_the_colour(toy):

@@ -301,6 +301,32 @@ def test_palette_lists_the_best_painters_first_with_their_write_scores(app, stat
     assert rows and all(row[5] == "" for row in rows)  # labels without write scores show none
 
 
+def test_a_replace_layers_palette_lists_the_best_replacers_first(app, state):
+    import torch
+
+    from sae.labels import Label
+    from sae.prototypes import Prototypes
+
+    entry = app.engine.concepts.blocks[BLOCK]
+    saved_labels, saved_prototypes = dict(entry.labels), entry.prototypes
+    n = entry.sae.n_features
+    counts = torch.zeros(n)
+    counts[[1, 3, 5]] = 1.0  # 7 has no prototype
+    entry.prototypes = Prototypes([BLOCK], {BLOCK: torch.zeros(n, 1, 1, entry.sae.d_in)}, counts)
+    try:
+        for feature, write, replace in ((1, 0.9, 0.5), (3, 0.5, None), (5, 0.3, 1.0), (7, 0.95, None)):
+            entry.labels[feature] = Label("blue thing", 0.5, "ground-truth", write, replace)
+        rows = app.search(state, "blue", BLOCK, "features")["palette_table"]
+        assert [row[2] for row in rows] == [7, 1, 3, 5]  # an add layer: by write score
+        state.layers[0].mode = "replace"
+        rows = app.search(state, "blue", BLOCK, "features")["palette_table"]
+        assert [(row[2], row[6]) for row in rows] == [(5, "yes, 100%"), (1, "yes, 50%"), (3, "yes"), (7, "")]
+    finally:
+        entry.labels.clear()
+        entry.labels.update(saved_labels)
+        entry.prototypes = saved_prototypes
+
+
 def test_palette_search_pick_and_preview(app, state):
     result = app.search(state, "blue", "all blocks", "features")
     assert {row[1] for row in result["palette_table"]} == {BLOCK, MID}

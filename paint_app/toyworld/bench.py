@@ -17,8 +17,10 @@ a random rectangle (sides 24 or 32 px, on the 8-px grid of the coarsest block) a
   feature's prototype).
 
 The best feature is, among the features labelled with the concept, the one that best *writes* it (highest
-``write`` score: its painted direction closest to the concept's mean difference), or with ``feature_by="read"``
-the one that best reads it (highest label score: its activation map closest to the concept's map).
+``write`` score: its painted direction closest to the concept's mean difference), with ``feature_by="read"``
+the one that best reads it (highest label score: its activation map closest to the concept's map), or with
+``feature_by="replace"`` the one that best paints it by replacing (highest ``replace`` score: the share of
+``replace_scores``' trial edits, on the labels' scenes, judged to show it).
 
 ``mode`` is how the feature and factor are painted: ``add`` (the default), ``set``, or ``replace`` (the block
 and the later blocks of its level overwritten with the concept's prototype; ``sae.prototypes``). Erasing is
@@ -40,6 +42,7 @@ from .labels import CONCEPT_KIND, best_labelled
 from .world import COLOUR_NAMES, SHAPES, TEXTURES, Scene, caption, scene_for_seed
 
 BENCH_SEED_BASE = 50_000_000
+REPLACE_SEED_BASE = 30_500_000  # replace scores: in the labels' seed range, past the scenes the labels read
 LEAK_THRESHOLD = 40.0
 EDGE_PX = 4
 PAINTED_KINDS = ("colour", "texture", "shape")
@@ -66,6 +69,7 @@ class Result:
     feature_write: float | None = None  # the painted feature's write score (None where labels have none)
     erased_background: float | None = None  # erase trials: share of the object's box judged background after
     base_background: float | None = None  # ... and before
+    feature_replace: float | None = None  # the painted feature's replace score (None where labels have none)
 
 
 def best_feature(concepts, block: str, concept: str, by: str = "write",
@@ -100,6 +104,17 @@ def best_factor(concepts, block: str, concept: str, replacing: bool = False) -> 
                    for f, w in top.items()) / max(1e-6, sum(top.values()))
 
     return max(candidates, key=quality)
+
+
+def paint_trials(concept: str, k: int, seed_base: int) -> list[tuple[str, int, list[int], np.ndarray]]:
+    """The ``k`` painting trials of a concept: (caption, seed, rectangle, its mask) of scenes that lack it."""
+    rng = np.random.default_rng([seed_base, concepts_to_paint().index(concept)])
+    trials = []
+    for i in range(k):
+        scene, seed = scene_lacking(concept, seed_base + 1000 * i)
+        rect = random_rect(rng)
+        trials.append((caption(scene, np.random.default_rng(seed)), seed, rect, rect_mask(rect)))
+    return trials
 
 
 def scene_lacking(concept: str, seed: int):
@@ -167,15 +182,10 @@ class Bench:
         feature, score, write = best_feature(self.engine.concepts, block, concept, self.feature_by,
                                              self.mode == "replace")
         factor = best_factor(self.engine.concepts, block, concept, self.mode == "replace")
-        rng = np.random.default_rng([BENCH_SEED_BASE, concepts_to_paint().index(concept)])
         hits = {"feature": [], "factor": [], "base": []}
         leaks = {"feature": [], "factor": []}
         far = {"feature": [], "factor": []}
-        for i in range(self.k):
-            scene, seed = scene_lacking(concept, BENCH_SEED_BASE + 1000 * i)
-            prompt = caption(scene, np.random.default_rng(seed))
-            rect = random_rect(rng)
-            mask = rect_mask(rect)
+        for prompt, seed, rect, mask in paint_trials(concept, self.k, BENCH_SEED_BASE):
             base = self.image(prompt, seed)
             hits["base"].append(self.judged(kind, base, mask) == concept)
             for name, spec in (("feature", {"feature": feature}), ("factor", {"factor": factor})):
@@ -189,10 +199,11 @@ class Bench:
                 far[name].append(leakage(base, painted, mask, EDGE_PX))
         removal, n_erase, after, before = self.erase(block, concept, feature) if feature is not None else \
             (None, 0, None, None)
+        replace_score = None if feature is None else self.engine.concepts.blocks[block].labels[feature].replace
         return Result(block, concept, kind, feature, score, factor, mean(hits["feature"]) or 0.0,
                       mean(hits["factor"]), mean(hits["base"]) or 0.0, mean(leaks["feature"]) or 0.0,
                       mean(leaks["factor"]), removal, self.k, n_erase, mean(far["feature"]), mean(far["factor"]),
-                      write, after, before)
+                      write, after, before, replace_score)
 
     def erase(self, block: str, concept: str, feature: int) -> tuple[float | None, int, float | None, float | None]:
         """(removal, trials, the box's background share after, before) over the concept's erase trials."""
@@ -227,6 +238,30 @@ class Bench:
         return Layer(block=block, mask=Mask(rects=[rect]), feature=ground, mode="replace", step_range=self.step_range)
 
 
+def replace_scores(engine: Engine, judges: Judges, block: str, trials: int = 8, candidates: int = 8,
+                   concepts: list[str] | None = None, progress: bool = True) -> dict[int, float]:
+    """How well each feature paints its label by ``replace``: for each colour, texture and shape, its
+    ``candidates`` best-reading labelled features that have a prototype each replace the same ``trials``
+    rectangles of scenes lacking it (the labels' seeds, not PaintBench's; every step, the rest kept); a feature's
+    score is the share judged to be the concept inside the rectangle."""
+    from tqdm.auto import tqdm
+
+    bench = Bench(engine, judges, strength=1.0, k=trials, keep_outside=True, mode="replace")
+    entry = engine.concepts.blocks[block]
+    scores: dict[int, float] = {}
+    for concept in tqdm(concepts or concepts_to_paint(), desc=f"replace scores {block}", disable=not progress):
+        labelled = sorted((f for f, label in entry.labels.items() if label.label == concept and entry.replaceable(f)),
+                          key=lambda f: (-entry.labels[f].score, f))[:candidates]
+        hits: dict[int, list[bool]] = {feature: [] for feature in labelled}
+        for prompt, seed, rect, mask in paint_trials(concept, trials, REPLACE_SEED_BASE) if labelled else []:
+            for feature in labelled:
+                layer = Layer(block=block, mask=Mask(rects=[rect]), feature=feature, mode="replace")
+                painted = bench.image(prompt, seed, [layer])
+                hits[feature].append(bench.judged(CONCEPT_KIND[concept], painted, mask) == concept)
+        scores.update({feature: float(np.mean(found)) for feature, found in hits.items()})
+    return scores
+
+
 def erase_scene(kind: str, concept: str, i: int) -> tuple[Scene, str, int]:
     """The ``i``-th erase trial of a concept: (a one-object scene that has it, its caption, the seed)."""
     seed = BENCH_SEED_BASE + 500_000 + 1000 * i
@@ -250,10 +285,11 @@ def fmt(value: float | None) -> str:
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| block | concept | feature (score, write) | success feature | success factor | base rate "
+    lines = ["| block | concept | feature (score, write[, replace]) | success feature | success factor | base rate "
              "| leakage feature | leakage factor | removal (erase) |", "|" + "---|" * 9]
     for r in results:
         write = "" if r.feature_write is None else f", {r.feature_write:.2f}"
+        write += "" if r.feature_replace is None else f", {r.feature_replace:.2f}"
         feature = "-" if r.feature is None else f"{r.feature} ({r.feature_score:.2f}{write})"
         removal = "-" if r.removal is None else f"{fmt(r.removal)} of {r.n_erase}"
         has_feature = r.feature is not None

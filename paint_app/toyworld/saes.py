@@ -5,10 +5,11 @@
 1. captions of held-out scenes -> ``sae collect`` (every chosen block at once, the model's default steps/guidance);
 2. per block: ``sae train``, then ``sae factors`` and ``sae top-examples`` on the shipped folder;
 3. ground-truth labels (``paint_app.toyworld.labels``) for features and factors;
-4. ``sae prototypes`` over the first ``--prototype-prompts`` captions (for ``replace`` edits);
+4. ``sae prototypes`` over the first ``--prototype-prompts`` captions (for ``replace`` edits), then each
+   colour, texture and shape's best readers' replace scores (``bench.replace_scores``) into ``labels.json``;
 5. ``paint_app.json`` lists the blocks that now carry SAEs.
 
-``--prototypes-only`` redoes step 4 for SAEs already in ``--out``.
+``--prototypes-only`` redoes step 4 for SAEs already in ``--out``; ``--replace-scores-only`` only its scores.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from sae.cli import main as sae_main
 
-from .labels import label_sae
+from .labels import label_sae, set_replace_scores
 from .model import BLOCK_ROLES, text_entry_of
 from .world import prompts
 
@@ -71,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="captions (the first of --prompts) that the prototypes are averaged over")
     parser.add_argument("--prototypes-only", action="store_true",
                         help="only make the prototypes of the SAEs already in --out")
+    parser.add_argument("--replace-scores-only", action="store_true",
+                        help="only measure the replace scores of the SAEs (with prototypes) already in --out")
+    parser.add_argument("--replace-trials", type=int, default=8, help="trial edits per feature for its replace score")
+    parser.add_argument("--replace-candidates", type=int, default=8,
+                        help="features per concept (its best readers with a prototype) given a replace score")
     parser.add_argument("--overwrite", action="store_true", help="replace SAEs already in --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -80,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.blocks:
         args.blocks = DEFAULT_BLOCKS[text_entry_of(pipe.unet.config)]
     existing = [b for b in args.blocks if (args.out / b / "sae.safetensors").exists()]
-    if args.prototypes_only:
+    if args.prototypes_only or args.replace_scores_only:
         for block in existing:
-            make_prototypes(args, args.out / block, write_prompts(args))
+            if args.prototypes_only:
+                make_prototypes(args, args.out / block, write_prompts(args))
+            score_replacements(args, block, args.out / block)
         return 0
     if existing and not args.overwrite:
         print(f"saes: error: {args.out} already holds SAEs for {', '.join(existing)}; pass --overwrite",
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         run_sae("top-examples", "--sae", str(folder), "--acts", str(acts), "--per-feature", "4", "--device", "cpu")
         summary = label_sae(pipe, folder, args.label_scenes)
         make_prototypes(args, folder, prompt_file)
+        score_replacements(args, block, folder)
         print(json.dumps({"block": block, "labelled": summary["labelled"],
                           "best": {k: v["score"] for k, v in summary["best"].items()}}), flush=True)
     write_blocks(args.out.parent / "paint_app.json", args.out, BLOCK_ROLES[text_entry_of(pipe.unet.config)])
@@ -124,6 +133,23 @@ def make_prototypes(args: argparse.Namespace, folder: Path, prompt_file: Path) -
     """The SAE's prototypes on the collection's own first captions and seeds (the same images)."""
     run_sae("prototypes", "--sae", str(folder), "--model", args.model, "--prompts", str(prompt_file),
             "--limit", str(args.prototype_prompts), "--device", "cpu")
+
+
+def score_replacements(args: argparse.Namespace, block: str, folder: Path) -> None:
+    """Measure the replace scores of the SAE in ``folder`` and write them into its labels."""
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.engine import Engine
+    from paint_app.models import load_model
+
+    from .bench import replace_scores
+    from .judges import Judges
+
+    loaded = load_model(args.model, device="cpu")
+    engine = Engine(loaded, ConceptLibrary.load([f"{block}={folder}"], loaded.profile))
+    scores = replace_scores(engine, Judges.load(), block, args.replace_trials, args.replace_candidates)
+    scored = set_replace_scores(folder, scores)
+    print(json.dumps({"block": block, "replace_scored": scored,
+                      "mean_replace_score": round(sum(scores.values()) / max(1, len(scores)), 4)}), flush=True)
 
 
 def write_blocks(defaults_file: Path, sae_dir: Path, roles: dict[str, str]) -> None:
