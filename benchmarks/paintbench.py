@@ -34,13 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-outside", action="store_true",
                         help="sessions keep the image outside the mask on the unpainted run's latents (the app's "
                              "'keep the rest' option); leakage then measures what still gets through")
-    parser.add_argument("--mode", choices=("add", "set", "replace"), default="add",
-                        help="how the feature and factor are painted (replace needs the SAEs' prototypes)")
-    parser.add_argument("--feature-by", choices=("write", "read", "replace"),
+    parser.add_argument("--mode", choices=("add", "set", "replace", "paste"), default="add",
+                        help="how the feature and factor are painted (replace needs the SAEs' prototypes, paste "
+                             "their top examples with seeds)")
+    parser.add_argument("--feature-by", choices=("write", "read", "replace", "paste"),
                         help="a concept's best feature: the labelled feature that best writes it (its write score; "
                              "the default in add and set modes), best reads it (its label score), or best paints it "
-                             "by replacing (its replace score, measured on the labels' scenes; the default in replace "
-                             "mode, falling back to the best reader where the labels have no replace scores)")
+                             "by replacing or pasting (its replace or paste score, measured on the labels' scenes; "
+                             "the default in those modes, falling back to the best reader where there are none)")
     parser.add_argument("--blocks", nargs="*", help="only these blocks (default: every block with an SAE)")
     parser.add_argument("--concepts", nargs="*", help="only these concepts")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace):
     strength = profile.layer_strength if args.strength is None else args.strength
     step_range = profile.layer_step_range if args.step_range is None else tuple(args.step_range)
     step_range = step_range if step_range and step_range[1] > 0 else None
-    args.feature_by = args.feature_by or ("replace" if args.mode == "replace" else "write")
+    args.feature_by = args.feature_by or {"replace": "replace", "paste": "paste"}.get(args.mode, "write")
     bench = Bench(Engine(loaded, concepts), Judges.load(), strength, args.k, step_range, args.keep_outside,
                   args.feature_by, args.mode)
     start = time.perf_counter()

@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--block", help="only this block")
     features.add_argument("--search", help="only features whose label holds all these words")
     features.add_argument("--factors", action="store_true", help="list factors instead of features")
-    features.add_argument("--rank", choices=("write", "replace"), default="write",
-                          help="order of search results: best painters for add/set layers (write score) or for "
-                               "replace layers (with a prototype, by replace score)")
+    features.add_argument("--rank", choices=("write", "replace", "paste"), default="write",
+                          help="order of search results: best painters for add/set layers (write score), for "
+                               "replace layers (with a prototype, by replace score) or for paste layers (with an "
+                               "example, by paste score)")
     features.add_argument("--json", action="store_true", help="one JSON object per line")
     features.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
     return parser

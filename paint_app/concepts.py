@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from sae.errors import SAEError
+from sae.examples import TOP_EXAMPLES_NAME, load_top_examples
+from sae.exemplars import pasteable_record
 from sae.factors import Factors, load_factors
 from sae.labels import Label, load_labels
 from sae.model import SAE, resolve_path
@@ -28,6 +30,7 @@ class BlockConcepts:
     labels: dict[int, Label] = field(default_factory=dict)
     factors: Factors | None = None
     prototypes: Prototypes | None = None  # for ``replace`` edits (``sae prototypes``)
+    examples: dict[int, list[dict]] = field(default_factory=dict)  # top examples, for ``paste`` edits
 
     def label(self, feature: int) -> str:
         entry = self.labels.get(feature)
@@ -36,6 +39,10 @@ class BlockConcepts:
     def replaceable(self, feature: int) -> bool:
         """Whether a ``replace`` layer can paint the feature (it has a prototype)."""
         return self.prototypes is not None and self.prototypes.has(feature)
+
+    def pasteable(self, feature: int) -> bool:
+        """Whether a ``paste`` layer can paint the feature (it has a top example that can be made again)."""
+        return pasteable_record(self.examples.get(feature)) is not None
 
 
 class ConceptLibrary:
@@ -78,9 +85,10 @@ class ConceptLibrary:
         sae.config.block = block
         try:
             prototypes = load_prototypes(folder)
+            examples = load_top_examples(folder) if (Path(folder) / TOP_EXAMPLES_NAME).is_file() else {}
         except SAEError as exc:
             raise ModelError(f"--sae {spec!r}: {exc}") from None
-        entry = BlockConcepts(block, sae, spec, load_labels(folder), load_factors(folder), prototypes)
+        entry = BlockConcepts(block, sae, spec, load_labels(folder), load_factors(folder), prototypes, examples)
         self.blocks[block] = entry
         return entry
 
@@ -137,12 +145,14 @@ class ConceptLibrary:
 
     def feature_rows(self, block: str | None = None, search: str | None = None, rank: str = "write") -> list[dict]:
         """One row per feature (block, feature, label, score, write, source, frequency, sigma, ``replace``:
-        whether it has a prototype for ``replace`` layers, and ``replace_score``), optionally filtered.
+        whether it has a prototype for ``replace`` layers, ``replace_score``, ``paste``: whether it has a top
+        example for ``paste`` layers, and ``paste_score``), optionally filtered.
 
         Search results come best first: by ``write`` (how well painting the feature writes its label) where the
         labels measured it, else by ``score`` (how well its activation reads the label); with ``rank="replace"``,
         for ``replace`` layers: features with a prototype first, by ``replace_score`` (the share of trial replace
-        edits judged to paint the label) where measured, then by ``score``."""
+        edits judged to paint the label) where measured, then by ``score``; ``rank="paste"`` alike for ``paste``
+        layers."""
         if rank not in RANKS:
             raise PaintError(f"rank is {rank!r}; allowed: {', '.join(RANKS)}")
         if block is not None:
@@ -164,7 +174,8 @@ class ConceptLibrary:
                              "write": label.write if label else None,
                              "source": label.source if label else "", "frequency": frequency[feature],
                              "sigma": sigma[feature], "replace": entry.replaceable(feature),
-                             "replace_score": label.replace if label else None})
+                             "replace_score": label.replace if label else None,
+                             "paste": entry.pasteable(feature), "paste_score": label.paste if label else None})
         if words:
             rows.sort(key=RANKS[rank])
         return rows
@@ -181,7 +192,8 @@ class ConceptLibrary:
                 top = entry.factors.features_of(factor)
                 rows.append({"block": name, "factor": factor, "label": label,
                              "features": {str(f): round(w, 4) for f, w in list(top.items())[:8]},
-                             "replace": any(entry.replaceable(f) for f in top)})
+                             "replace": any(entry.replaceable(f) for f in top),
+                             "paste": any(entry.pasteable(f) for f in top)})
         return rows
 
 
@@ -190,17 +202,21 @@ def paint_rank(row: dict) -> tuple[int, float]:
     return (0, -row["write"]) if row["write"] is not None else (1, -row["score"])
 
 
-def replace_rank(row: dict) -> tuple[int, float, float]:
-    """Sort key of a feature row for ``replace`` layers: with a prototype first, by replace score where
-    measured, then by label score."""
-    if not row["replace"]:
-        return (2, 0.0, -row["score"])
-    if row["replace_score"] is None:
-        return (1, 0.0, -row["score"])
-    return (0, -row["replace_score"], -row["score"])
+def trial_rank(mode: str):
+    """Sort key of feature rows for ``mode`` layers (replace or paste): the features the mode can paint first,
+    by their measured score of that name where there is one, then by label score."""
+
+    def key(row: dict) -> tuple[int, float, float]:
+        if not row[mode]:
+            return (2, 0.0, -row["score"])
+        if row[f"{mode}_score"] is None:
+            return (1, 0.0, -row["score"])
+        return (0, -row[f"{mode}_score"], -row["score"])
+
+    return key
 
 
-RANKS = {"write": paint_rank, "replace": replace_rank}
+RANKS = {"write": paint_rank, "replace": trial_rank("replace"), "paste": trial_rank("paste")}
 
 
 def _block_from_name(text: str) -> str:

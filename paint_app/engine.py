@@ -15,8 +15,11 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from sae.errors import SAEError
+from sae.exemplars import Example, pasteable_record, record_example
+
 from .concepts import ConceptLibrary
-from .errors import PaintError
+from .errors import ModelError, PaintError
 from .models import LoadedModel
 from .session import Session
 from .steering import Edit, Plan, apply_plan, keep_outside, painted_cover, paste_outside
@@ -24,6 +27,7 @@ from .step_cache import StepCache
 
 PROMPT_CACHE_SIZE = 64
 UNPAINTED_CACHE_SIZE = 4
+EXAMPLE_CACHE_SIZE = 8  # paste examples: outputs of a few blocks over every step, for one feature and settings
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Engine:
         self._prompt_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
         self.step_cache = StepCache()
         self._unpainted: OrderedDict[tuple, Unpainted] = OrderedDict()
+        self._examples: OrderedDict[tuple, Example] = OrderedDict()
 
     @property
     def pipeline(self):
@@ -73,7 +78,9 @@ class Engine:
                               cond_only=layer.cond_only))
         blocks = {edit.block: self.concepts.blocks[edit.block] for edit in edits}
         prototypes = {block: entry.prototypes for block, entry in blocks.items() if entry.prototypes is not None}
-        return Plan(edits, {block: entry.sae for block, entry in blocks.items()}, prototypes, session.steps)
+        examples = {block: entry.examples for block, entry in blocks.items() if entry.examples}
+        return Plan(edits, {block: entry.sae for block, entry in blocks.items()}, prototypes, session.steps,
+                    examples=examples)
 
     def check_model(self, session: Session) -> None:
         if session.model != self.model.name:
@@ -99,6 +106,7 @@ class Engine:
                 if replay:  # kept for later keep_outside repaints; with replay=False the caller's hooks may be on
                     self._remember_unpainted(settings, plain)
                 return Generation(plain.image, time.perf_counter() - start, cached)
+            self._make_pastes(plan, session)
             on_step_end = None
             if session.keep_outside:
                 unpainted = self._unpainted_run(session, settings, embeds, replay)
@@ -112,6 +120,30 @@ class Engine:
             if session.keep_outside:
                 image = paste_outside(image, unpainted.image, cover)
             return Generation(image, time.perf_counter() - start, cached)
+
+    def _make_pastes(self, plan: Plan, session: Session) -> None:
+        """Fill ``plan.pasted``: each ``paste`` edit's example (made once per feature and settings, then cached),
+        moved onto its mask."""
+        pastes = [(i, edit) for i, edit in enumerate(plan.edits) if edit.mode == "paste"]
+        if pastes:
+            plan.validate()
+        for i, edit in pastes:
+            feature = plan.paste_feature(edit)
+            record = pasteable_record(plan.examples[edit.block][feature])
+            key = (edit.block, feature, record["prompt"], record["seed"], session.steps, session.guidance,
+                   session.width, session.height)
+            if key not in self._examples:
+                try:
+                    self._examples[key] = record_example(
+                        self.pipeline, plan.saes[edit.block], edit.block, feature, record,
+                        num_inference_steps=session.steps, guidance_scale=session.guidance, height=session.height,
+                        width=session.width)
+                except SAEError as exc:
+                    raise ModelError(f"layers[{i}].mode is 'paste': {exc}") from None
+                while len(self._examples) > EXAMPLE_CACHE_SIZE:
+                    self._examples.popitem(last=False)
+            self._examples.move_to_end(key)
+            plan.pasted[i] = self._examples[key].moved(edit.mask)
 
     def _run(self, session: Session, embeds: dict, generator: torch.Generator, on_step_end=None):
         extra = {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]} \

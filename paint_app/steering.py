@@ -7,6 +7,10 @@ With mask m (on the block's grid), strength s, feature f (decoder direction d_f,
 - replace: h_out = h_out + m * (p_t - h_out) at the SAE's block and the later blocks of its level, where p_t is
   the concept's prototype at step t (``sae.prototypes``: the block's mean output where the features fire most);
   overwrites what is there instead of adding to it, and ignores the strength
+- paste: the same overwrite with a real example instead of a mean: E_t is the output of the feature's top example
+  made again with the run's settings (``sae.exemplars``), at the SAE's block and every later block of its grid or
+  finer, and the mask is narrowed to the window w where the feature fires in it; both are moved by whole cells so
+  the window is centred on the mask: h_out = h_out + m * w * (E_t - h_out); the strength is not used
 z_f is the SAE code of the block's site (``delta`` = h_out - h_in, or ``output`` = h_out) before any edit.
 All edits on a block are computed from the unedited activations and add up.
 With ``keep_outside`` the engine also blends, after every step, the latents with the unpainted run's outside
@@ -26,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sae.exemplars import pasteable_record
 from sae.hooks import block_input, block_output, forward_hooks, replace_block_output, site_value
 from sae.model import SAE
 from sae.pipelines import get_block
@@ -33,7 +38,8 @@ from sae.prototypes import Prototypes
 
 from .errors import ModelError, PaintError
 
-MODES = ("add", "set", "erase", "replace")
+MODES = ("add", "set", "erase", "replace", "paste")
+OVERWRITING = ("replace", "paste")  # modes whose edits overwrite blocks (BlockReplacer), not add to one
 
 
 @dataclass
@@ -75,17 +81,31 @@ class Plan:
     saes: dict[str, SAE] = field(default_factory=dict)
     prototypes: dict[str, Prototypes] = field(default_factory=dict)  # by SAE block, for ``replace`` edits
     steps: int | None = None  # denoising steps of the run (maps a step to a prototype's step)
+    # for ``paste`` edits, by the edit's index: per block, (the example's outputs moved [steps, rows, C, H, W],
+    # its window moved [H, W]) (``sae.exemplars.Example.moved``; the engine makes them)
+    pasted: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    examples: dict[str, dict[int, list[dict]]] = field(default_factory=dict)  # by SAE block: top-example records
+
+    def paste_feature(self, edit: Edit) -> int | None:
+        """The feature a ``paste`` edit pastes an example of: its heaviest feature with a pasteable record."""
+        records = self.examples.get(edit.block) or {}
+        usable = [(w, f) for f, w in zip(edit.features, edit.weights) if w > 0 and pasteable_record(records.get(f))]
+        return max(usable, key=lambda pair: (pair[0], -pair[1]))[1] if usable else None
 
     def blocks(self) -> list[str]:
-        return sorted({edit.block for edit in self.edits if edit.mode != "replace"})
+        return sorted({edit.block for edit in self.edits if edit.mode not in OVERWRITING})
 
-    def replaced(self) -> dict[str, list[tuple[Edit, torch.Tensor]]]:
-        """Per block that ``replace`` edits overwrite: (edit, its prototype there [steps, rows, C])."""
-        result: dict[str, list[tuple[Edit, torch.Tensor]]] = {}
-        for edit in self.edits:
+    def replaced(self) -> dict[str, list[tuple[Edit, torch.Tensor, torch.Tensor | None]]]:
+        """Per block that ``replace`` and ``paste`` edits overwrite: (edit, what it writes there, window): a
+        prototype [steps, rows, C] and no window, or an example [steps, rows, C, H, W] and its window [H, W]."""
+        result: dict[str, list[tuple[Edit, torch.Tensor, torch.Tensor | None]]] = {}
+        for i, edit in enumerate(self.edits):
             if edit.mode == "replace":
                 for block, prototype in self.prototypes[edit.block].concept(edit.features, edit.weights).items():
-                    result.setdefault(block, []).append((edit, prototype))
+                    result.setdefault(block, []).append((edit, prototype, None))
+            elif edit.mode == "paste":
+                for block, (example, window) in self.pasted[i].items():
+                    result.setdefault(block, []).append((edit, example, window))
         return result
 
     def first_step(self, steps: int) -> int:
@@ -102,6 +122,11 @@ class Plan:
                 sae.check_feature(feature, f"layers[{i}] feature")
             if edit.mode == "replace":
                 self._check_prototypes(i, edit)
+            if edit.mode == "paste" and self.paste_feature(edit) is None:
+                raise ModelError(f"layers[{i}].mode is 'paste' but feature(s) {', '.join(map(str, edit.features))} "
+                                 f"of block {edit.block!r} have no top example with a prompt and seed to make again "
+                                 "(top_examples.json beside the SAE; make it with `sae top-examples`); "
+                                 "use mode add, set, erase or replace")
 
     def _check_prototypes(self, i: int, edit: Edit) -> None:
         prototypes = self.prototypes.get(edit.block)
@@ -268,10 +293,11 @@ class BlockEditor:
 
 
 class BlockReplacer:
-    """The forward hook of one block that ``replace`` edits overwrite: in each edit's mask, the output moves to the
-    edit's prototype for the step (h = h + m * (p_t - h)), edits in order, after any other edit of the block."""
+    """The forward hook of one block that ``replace`` and ``paste`` edits overwrite: in each edit's mask (narrowed
+    to its window for ``paste``), the output moves to what the edit writes for the step (h = h + m * (p_t - h)),
+    edits in order, after any other edit of the block."""
 
-    def __init__(self, edits: list[tuple[Edit, torch.Tensor]], counter: StepCounter, cfg: bool,
+    def __init__(self, edits: list[tuple[Edit, torch.Tensor, torch.Tensor | None]], counter: StepCounter, cfg: bool,
                  steps: int | None) -> None:
         self.edits = edits
         self.counter = counter
@@ -288,26 +314,32 @@ class BlockReplacer:
 
     @torch.no_grad()
     def __call__(self, module, args, kwargs, output):
-        active = [i for i, (edit, _) in enumerate(self.edits) if edit.active_at(self.counter.step)]
+        active = [i for i, (edit, _, _) in enumerate(self.edits) if edit.active_at(self.counter.step)]
         if not active:
             return None
         h = block_output(output)
         batch, _, height, width = h.shape
         h = h.clone()
         for index in active:
-            edit, prototype = self.edits[index]
-            value = prototype[self.prototype_step(prototype)].to(h.device, h.dtype)  # [rows, C]
+            edit, written, window = self.edits[index]
+            value = written[self.prototype_step(written)].to(h.device, h.dtype)  # [rows, C] or [rows, C, H, W]
+            if value.ndim == 2:
+                value = value[:, :, None, None]
             if value.shape[0] != batch:  # made with CFG, used without (or the reverse): the conditional row
-                value = value[-1:].expand(batch, -1)
+                value = value[-1:].expand(batch, *value.shape[1:])
             rows = slice(batch // 2, batch) if (self.cfg and edit.cond_only) else slice(0, batch)
-            mask = self._mask(index, edit, height, width, h)
-            h[rows] += mask * (value[rows, :, None, None] - h[rows])
+            mask = self._mask(index, edit, window, height, width, h)
+            h[rows] += mask * (value[rows] - h[rows])
         return replace_block_output(output, h)
 
-    def _mask(self, index: int, edit: Edit, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    def _mask(self, index: int, edit: Edit, window: torch.Tensor | None, height: int, width: int,
+              like: torch.Tensor) -> torch.Tensor:
         key = (index, height, width)
         if key not in self._masks:
-            self._masks[key] = grid_mask(edit.mask, (height, width)).to(like.device, like.dtype)
+            mask = grid_mask(edit.mask, (height, width))
+            if window is not None:
+                mask = mask * window.to(mask.dtype)
+            self._masks[key] = mask.to(like.device, like.dtype)
         return self._masks[key]
 
 
@@ -330,6 +362,10 @@ def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator
         yield StepCounter()
         return
     plan.validate()
+    missing = [i for i, edit in enumerate(plan.edits) if edit.mode == "paste" and i not in plan.pasted]
+    if missing:
+        raise ModelError(f"layers[{missing[0]}].mode is 'paste' but its example was not made (Engine.generate "
+                         "makes it)")
     counter = StepCounter()
     hooks = {}
     for block in plan.blocks():
@@ -339,13 +375,14 @@ def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator
         if channels != sae.d_in:
             raise ModelError(f"the SAE for block {block!r} reads vectors of size {sae.d_in}, "
                              f"but that block has {channels} channels; use an SAE trained on this model's block")
-        edits = [edit for edit in plan.edits if edit.block == block and edit.mode != "replace"]
+        edits = [edit for edit in plan.edits if edit.block == block and edit.mode not in OVERWRITING]
         hooks[module] = BlockEditor(edits, sae, counter, cfg)
     for block, edits in plan.replaced().items():
         module = _block_module(unet, block)
         channels = getattr(getattr(module, "config", None), "in_channels", None)
-        if channels is not None and channels != edits[0][1].shape[-1]:
-            raise ModelError(f"the prototypes for block {block!r} have {edits[0][1].shape[-1]} channels, but that "
+        prototypes = [written for edit, written, window in edits if window is None]
+        if channels is not None and prototypes and channels != prototypes[0].shape[-1]:
+            raise ModelError(f"the prototypes for block {block!r} have {prototypes[0].shape[-1]} channels, but that "
                              f"block has {channels}; make them with this model (`sae prototypes`)")
         replacer = BlockReplacer(edits, counter, cfg, plan.steps)
         hooks[module] = chain(hooks[module], replacer) if module in hooks else replacer

@@ -52,12 +52,16 @@ PALETTE_LIMIT = 200
 OUTPUT_TARGET = 320  # the shown image is enlarged to at least this many pixels along its longer side
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 ACTIVE_COLOR = "#ff2d95"
-PALETTE_HEADERS = ["kind", "block", "id", "label", "frequency", "paints", "replace"]
+PALETTE_HEADERS = ["kind", "block", "id", "label", "frequency", "paints", "replace", "paste"]
 INSPECT_HEADERS = ["block", "feature", "label", "value", "x typical"]
 FACTOR_HEADERS = ["block", "factor", "label", "value"]
 WEIGHT_HEADERS = ["feature", "label", "weight"]
 NO_PROTOTYPE = ("mode 'replace' needs a prototype of the concept ({block}: prototypes.safetensors beside its SAE, "
                 "made by `sae prototypes`); it has none.")
+NO_EXAMPLE = ("mode 'paste' needs a top example of the concept that can be made again ({block}: top_examples.json "
+              "with seeds beside its SAE, made by `sae top-examples`); it has none.")
+NEEDS = {"replace": NO_PROTOTYPE, "paste": NO_EXAMPLE}  # what a mode needs of a concept, where it needs something
+MISSING = {"replace": "no prototype to replace with (`sae prototypes`)", "paste": "no example to paste"}
 CSS = """
 #output img, #heat img, #preview img, #examples img { image-rendering: pixelated; }
 #status { min-height: 1.5em; }
@@ -94,11 +98,13 @@ def new_tab_state() -> TabState:
     return TabState()
 
 
-def replace_cell(row: dict) -> str:
-    """The palette's ``replace`` cell of a feature row: "" (no prototype), "yes", or "yes, 88%" (replace score)."""
-    if not row["replace"]:
+def trial_cell(row: dict, mode: str) -> str:
+    """The palette's ``replace`` or ``paste`` cell of a feature row: "" (the mode cannot paint it), "yes", or
+    "yes, 88%" (its measured score)."""
+    if not row[mode]:
         return ""
-    return "yes" if row["replace_score"] is None else f"yes, {row['replace_score']:.0%}"
+    score = row[f"{mode}_score"]
+    return "yes" if score is None else f"yes, {score:.0%}"
 
 
 class Notes:
@@ -182,8 +188,10 @@ class PaintApp:
         info = (f"**{layer.name}** — {canvas.describe_concept(layer.block, layer.concept)}; "
                 f"offset ({layer.offset[0]}, {layer.offset[1]}) px"
                 + ("; **nothing painted yet**" if layer.is_empty() else "")
-                + ("; replaces its block's activations with the concept's prototype (the strength is not used)"
-                   if layer.mode == "replace" else ""))
+                + {"replace": "; replaces its block's activations with the concept's prototype (the strength is "
+                              "not used)",
+                   "paste": "; pastes the activations of the feature's strongest example, moved onto the painted "
+                            "area, where the feature fires in it (the strength is not used)"}.get(layer.mode, ""))
         return {"layer_select": gr.update(choices=choices, value=state.active), "layer_info": info,
                 "mode": layer.mode, "strength": layer.strength, "step_start": start, "step_end": end,
                 "enabled": layer.enabled}
@@ -446,13 +454,13 @@ class PaintApp:
             if mode not in MODES:
                 notes.warn(f"mode is {mode!r}; allowed: {', '.join(MODES)}")
                 return False
-            if mode == "replace" and not self._replaceable({"block": layer.block, "concept": layer.concept}):
-                notes.warn(f"{NO_PROTOTYPE.format(block=layer.block)} The layer keeps its mode {layer.mode!r}.")
+            if not self._paintable({"block": layer.block, "concept": layer.concept}, mode):
+                notes.warn(f"{NEEDS[mode].format(block=layer.block)} The layer keeps its mode {layer.mode!r}.")
                 return False
             changed, layer.mode = layer.mode != mode, mode
-            if mode == "replace" and layer.step_range is not None and layer.step_range == self.profile.layer_step_range:
-                layer.step_range = None  # a prototype replays its steps from the first on (README: replace)
-                notes.info("Replace acts on every step: the layer's step range is now all steps.")
+            if mode in NEEDS and layer.step_range is not None and layer.step_range == self.profile.layer_step_range:
+                layer.step_range = None  # a prototype or example replays its steps from the first on (README)
+                notes.info(f"{mode.capitalize()} acts on every step: the layer's step range is now all steps.")
             return changed
 
         return self._change_layer(state, notes, live, change)
@@ -617,19 +625,19 @@ class PaintApp:
     def palette_rows(self, state: TabState, words: str, block: str | None, kind: str) -> list[list]:
         concepts = self.engine.concepts
         if kind == "factors":
-            return [["factor", r["block"], r["factor"], r["label"], "", "", "yes" if r["replace"] else ""]
-                    for r in concepts.factor_rows(block, words)]
+            return [["factor", r["block"], r["factor"], r["label"], "", "", "yes" if r["replace"] else "",
+                     "yes" if r["paste"] else ""] for r in concepts.factor_rows(block, words)]
         if kind == "mine":
             terms = words.lower().split()
-            return [["mine", c["block"], i, c["name"], "", "", ""] for i, c in enumerate(state.custom)
+            return [["mine", c["block"], i, c["name"], "", "", "", ""] for i, c in enumerate(state.custom)
                     if (block is None or c["block"] == block) and all(t in c["name"].lower() for t in terms)]
         # "paints": the label's write score (how well painting the feature writes its label), where known;
-        # "replace": whether it has a prototype, so that a replace layer can paint it (with its replace score,
-        # where measured). A replace layer's search lists the best replacers first.
+        # "replace" ("paste"): whether it has a prototype (an example), so that a replace (paste) layer can
+        # paint it, with its replace (paste) score where measured. A replace (paste) layer's search lists the best replacers (pasters) first.
         layer = state.active_layer()
-        rank = "replace" if layer is not None and layer.mode == "replace" else "write"
+        rank = layer.mode if layer is not None and layer.mode in ("replace", "paste") else "write"
         return [["feature", r["block"], r["feature"], r["label"], f"{r['frequency']:.4f}",
-                 "" if r["write"] is None else f"{r['write']:.2f}", replace_cell(r)]
+                 "" if r["write"] is None else f"{r['write']:.2f}", trial_cell(r, "replace"), trial_cell(r, "paste")]
                 for r in concepts.feature_rows(block, words, rank)]
 
     def concept_of_row(self, state: TabState, row: Any) -> dict:
@@ -672,9 +680,9 @@ class PaintApp:
             target.block, target.concept = chosen["block"], dict(chosen["concept"])
             target.name = _unique_name(chosen["label"] or canvas.describe_concept(target.block, target.concept), names)
             notes.info(f"Layer {state.active + 1} now paints '{target.name}'.")
-            if target.mode == "replace" and not self._replaceable(chosen):
+            if not self._paintable(chosen, target.mode):
+                notes.info(f"It has {MISSING[target.mode]}, so the layer now adds it.")
                 target.mode = "add"
-                notes.info("It has no prototype to replace with (`sae prototypes`), so the layer now adds it.")
             return changed
 
         return {"state": state, **self._change_layer(state, notes, live, change)}
@@ -698,9 +706,15 @@ class PaintApp:
         return {"preview": image.resize((image.width * scale, image.height * scale), Image.NEAREST),
                 "examples": examples, "palette_info": info}
 
-    def _replaceable(self, chosen: dict) -> bool:
+    def _paintable(self, chosen: dict, mode: str) -> bool:
+        """Whether a layer of ``mode`` can paint the concept: replace needs a prototype, paste an example."""
         entry = self.engine.concepts.blocks.get(chosen["block"])
-        return entry is not None and any(entry.replaceable(f) and w > 0 for f, w in self._weights_of(chosen).items())
+        if mode not in NEEDS:
+            return True
+        if entry is None:
+            return False
+        usable = entry.replaceable if mode == "replace" else entry.pasteable
+        return any(usable(f) and w > 0 for f, w in self._weights_of(chosen).items())
 
     def _weights_of(self, chosen: dict) -> dict[int, float]:
         from .session import Layer, Mask
@@ -777,8 +791,8 @@ class PaintApp:
         if mode not in MODES:
             notes.warn(f"mode is {mode!r}; allowed: {', '.join(MODES)}")
             return {"status": notes.text()}
-        if mode == "replace" and not self._replaceable(chosen):
-            notes.warn(NO_PROTOTYPE.format(block=chosen["block"]))
+        if not self._paintable(chosen, mode):
+            notes.warn(NEEDS[mode].format(block=chosen["block"]))
             return {"status": notes.text()}
         try:
             mask = region_of(state.maps, chosen["block"], chosen["concept"]["feature"])

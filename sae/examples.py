@@ -2,9 +2,11 @@
 
 ``top_examples.json`` (by default inside the SAE folder)::
 
-    {"17": [{"prompt": "a red circle", "prompt_id": 3, "step": 0, "row": 5, "col": 9, "value": 4.2}, ...], ...}
+    {"17": [{"prompt": "a red circle", "prompt_id": 3, "seed": 3, "step": 0, "row": 5, "col": 9, "value": 4.2}, ...]}
 
-Records are strongest first; by default one record per prompt (its strongest location and step).
+Records are strongest first; by default one record per prompt (its strongest location and step). ``seed`` is the
+seed the collection generated that prompt with (its seed + prompt id), so the example can be made again (``paste``
+edits do; files made before it was recorded have none).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def top_examples(sae: SAE, store: ActivationStore, per_feature: int = 8, distinc
     index = _index_rows(store, best_ordinals.unique())
     prompts = store.prompts()
     return {feature: _records(best_values[feature], [index[o] for o in best_ordinals[feature].tolist()], prompts,
-                              per_feature, distinct_prompts)
+                              per_feature, distinct_prompts, store.manifest.seed)
             for feature in range(sae.n_features) if best_values.shape[1] and float(best_values[feature, 0]) > 0}
 
 
@@ -61,14 +63,14 @@ def _index_rows(store: ActivationStore, ordinals: torch.Tensor) -> dict[int, lis
 
 
 def _records(values: torch.Tensor, index: list[list[int]], prompts: list[str], per_feature: int,
-             distinct_prompts: bool) -> list[dict]:
+             distinct_prompts: bool, seed: int) -> list[dict]:
     records, seen = [], set()
     for value, (prompt_id, step, row, col) in zip(values.tolist(), index):
         if value <= 0 or (distinct_prompts and prompt_id in seen):
             continue
         seen.add(prompt_id)
         records.append({"prompt": prompts[prompt_id] if prompt_id < len(prompts) else "", "prompt_id": prompt_id,
-                        "step": step, "row": row, "col": col, "value": round(value, 5)})
+                        "seed": seed + prompt_id, "step": step, "row": row, "col": col, "value": round(value, 5)})
         if len(records) == per_feature:
             break
     return records

@@ -3,14 +3,15 @@
 ``labels.json`` beside an SAE::
 
     {"version": 1, "labels": {"17": {"label": "red", "score": 0.83, "source": "ground-truth", "write": 0.71,
-                                     "replace": 0.875}}}
+                                     "replace": 0.875, "paste": 0.5}}}
 
 ``source`` is one of ``ground-truth``, ``prompt-words``, ``user``. Labels a user edited by hand are kept
 when labels are computed again. An optional ``write`` says how well *painting* the feature writes its label,
 as ground truth can measure it: the cosine between the feature's painted direction (sigma_f d_f) and the
 concept's mean difference at the block. A feature can read a concept well (its score) and write it poorly.
 An optional ``replace`` is the share of trial ``replace`` edits of the feature (its prototype overwriting a
-rectangle) in which ground truth's judges saw the label painted there.
+rectangle) in which ground truth's judges saw the label painted there; ``paste`` the same for ``paste`` edits (its
+top example moved onto the rectangle).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Label:
     source: str = "user"
     write: float | None = None  # how well painting the feature writes its label, where ground truth measured it
     replace: float | None = None  # share of trial ``replace`` edits judged to paint its label, where measured
+    paste: float | None = None  # the same for trial ``paste`` edits
 
 
 def load_labels(folder: str | Path) -> dict[int, Label]:
@@ -47,12 +49,12 @@ def load_labels(folder: str | Path) -> dict[int, Label]:
         data = json.loads(file.read_text())
         entries = data["labels"]
         return {int(key): Label(str(v["label"]), float(v.get("score", 0.0)), str(v.get("source", "user")),
-                                _optional(v, "write"), _optional(v, "replace"))
+                                _optional(v, "write"), _optional(v, "replace"), _optional(v, "paste"))
                 for key, v in entries.items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise SAEError(f"'{file}' is not a valid labels file ({exc!r}); expected "
                        '{"version": 1, "labels": {"<feature>": {"label": ..., "score": ..., "source": ..., '
-                       '"write": <a number, optional>, "replace": <a number, optional>}}}') from None
+                       '"write", "replace", "paste": <numbers, optional>}}}') from None
 
 
 def _optional(entry: dict, key: str) -> float | None:
@@ -71,7 +73,7 @@ def save_labels(folder: str | Path, labels: dict[int, Label]) -> None:
 
 
 def _entry(label: Label) -> dict:
-    return {key: value for key, value in asdict(label).items() if value is not None or key not in ("write", "replace")}
+    return {key: value for key, value in asdict(label).items() if value is not None or key in ("label", "score", "source")}
 
 
 # ----------------------------------------------------------------------------------------------------------------

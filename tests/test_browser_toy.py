@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_browser import open_page, output_src, pick_row, shown_image, stroke, wait_new_output, wait_text
+from test_browser import open_page, output_src, pick_row, shown_image, stroke, upload, wait_new_output, wait_text
 
 from paint_app.toyworld.judges import classify_pixels
 from paint_app.toyworld.world import COLOUR_NAMES
@@ -94,3 +94,37 @@ def test_a_layer_switched_to_replace_paints_the_features_prototype(chromium, toy
     finally:
         page.context.close()
     assert_blue_where_brushed_only(before, after)
+
+
+def test_paste_from_the_mode_radio_and_a_shipped_paste_session(chromium, toy_server, screenshots, tmp_path):
+    """The first layer, brushed, switched to ``paste`` with the Mode radio (every step; its example is made and
+    pasted); then the shipped `striped_paste_top_left.json` opened: the page shows exactly what `paint-app render`
+    makes of it, and its rectangle is judged striped."""
+    from PIL import Image
+
+    from paint_app import cli
+    from paint_app.toyworld.bench import rect_mask
+    from paint_app.toyworld.judges import Judges
+    from sae.pipelines import TOY_DIR
+
+    session = TOY_DIR / "sessions" / "striped_paste_top_left.json"
+    page = open_page(chromium, toy_server, layer_text="blue")
+    try:
+        old = output_src(page)
+        brush_top_left(page)
+        old = wait_new_output(page, old)
+        page.locator("#mode").get_by_label("paste").check()
+        wait_text(page, "#status", "Paste acts on every step")
+        wait_text(page, "#layer-info", "pastes the activations")
+        old = wait_new_output(page, old)
+        upload(page, "#session-upload", session)
+        wait_new_output(page, old)
+        wait_text(page, "#layer-info", "feature 182")
+        shown = settled_image(page, screenshots / "toy-paste.png")
+    finally:
+        page.context.close()
+    out = tmp_path / "striped.png"
+    assert cli.main(["render", str(session), "--out", str(out), "--device", "cpu"]) == 0
+    rendered = np.asarray(Image.open(out).convert("RGB"))
+    assert np.array_equal(shown, rendered)
+    assert Judges.load().texture(rendered, rect_mask([0, 0, 32, 32]))[0] == "striped"

@@ -161,16 +161,16 @@ def test_collect_rerun_skips_finished_shards_and_detects_a_cut_shard(collected, 
                                guidance=0.0, batch_size=4, progress=False))
 
 
-def test_labels_keep_optional_write_and_replace_scores(tmp_path):
-    labels = {3: Label("red", 0.5, "ground-truth", 0.71, 0.875), 4: Label("mine", 1.0, "user")}
+def test_labels_keep_optional_write_replace_and_paste_scores(tmp_path):
+    labels = {3: Label("red", 0.5, "ground-truth", 0.71, 0.875, 0.5), 4: Label("mine", 1.0, "user")}
     save_labels(tmp_path, labels)
     entries = json.loads((tmp_path / "labels.json").read_text())["labels"]
-    assert entries["3"]["write"] == 0.71 and entries["3"]["replace"] == 0.875
-    assert "write" not in entries["4"] and "replace" not in entries["4"]  # files without them stay as they were
+    assert entries["3"]["write"] == 0.71 and entries["3"]["replace"] == 0.875 and entries["3"]["paste"] == 0.5
+    assert set(entries["4"]) == {"label", "score", "source"}  # files without them stay as they were
     assert load_labels(tmp_path) == labels
     entries["3"]["replace"] = "often"
     (tmp_path / "labels.json").write_text(json.dumps({"version": 1, "labels": entries}))
-    with pytest.raises(SAEError, match="not a valid labels file.*\"replace\": <a number, optional>"):
+    with pytest.raises(SAEError, match="not a valid labels file.*\"paste\": <numbers, optional>"):
         load_labels(tmp_path)
     entries["3"]["replace"] = 0.875
     entries["3"]["write"] = "high"

@@ -39,11 +39,12 @@ def test_round_trip(tmp_path):
     assert again.layers[0].offset == (3, -2) and again.layers[0].step_range == (0, 4)
 
 
-def test_replace_mode_round_trips(tmp_path):
+@pytest.mark.parametrize("mode", ["replace", "paste"])
+def test_overwriting_modes_round_trip(tmp_path, mode):
     data = valid()
-    data["layers"][0]["mode"] = "replace"
+    data["layers"][0]["mode"] = mode
     Session.from_dict(data).save(tmp_path / "s.json")
-    assert load_session(tmp_path / "s.json").layers[0].mode == "replace"
+    assert load_session(tmp_path / "s.json").layers[0].mode == mode
 
 
 def test_png_mask_and_offset():
@@ -105,7 +106,7 @@ BAD = [
     ("layers.0.block", "", r"layers\[0\].block"),
     ("layers.0.feature", -3, r"layers\[0\].feature"),
     ("layers.0.feature", "17", r"layers\[0\].feature"),
-    ("layers.0.mode", "paint", r"layers\[0\].mode.*add, set, erase, replace"),
+    ("layers.0.mode", "paint", r"layers\[0\].mode.*add, set, erase, replace, paste"),
     ("layers.0.strength", float("nan"), r"layers\[0\].strength"),
     ("layers.0.strength", float("inf"), r"layers\[0\].strength"),
     ("layers.0.strength", 1e9, r"layers\[0\].strength"),

@@ -299,3 +299,36 @@ def test_replace_edits_keep_their_own_masks_and_steps(pipe):
         torch.testing.assert_close(to_cells(new)[:, :, painted],
                                    values[feature, step][:, None, None, :].expand(2, 16, 8, 32))
         assert torch.equal(to_cells(new)[:, :, kept], to_cells(h_out)[:, :, kept])
+
+
+def test_paste_overwrites_the_mask_inside_the_window_with_the_moved_example(pipe):
+    sae = make_sae(32, 64, k=4, block=LATE, seed=2)
+    generator = torch.Generator().manual_seed(4)
+    example = {block: torch.randn(2, 2, 32, 16, 16, generator=generator) for block in (LATE, LATER)}
+    window = torch.zeros(16, 16)
+    window[4:12, 2:10] = 1.0
+    mask = torch.zeros(64, 64)
+    mask[:, :32] = 1.0  # the left half: cells 0-7 of each row
+    edit = Edit(LATE, (3,), mask, strength=5.0, mode="paste")
+    plan = Plan([edit], {LATE: sae}, steps=2, examples={LATE: {3: [{"prompt": "a red circle", "seed": 1}]}},
+                pasted={0: {block: (values, window) for block, values in example.items()}})
+    for block in (LATE, LATER):
+        calls = run(pipe, plan, steps=2, guidance=2.0, block=block)
+        for step, (_, h_out, new) in enumerate(calls):
+            inside = (slice(4, 12), slice(2, 8))  # the window's cells within the left half
+            torch.testing.assert_close(new[:, :, inside[0], inside[1]], example[block][step][:, :, inside[0], inside[1]])
+            kept = torch.ones(16, 16, dtype=torch.bool)
+            kept[inside] = False
+            assert torch.equal(new[:, :, kept], h_out[:, :, kept])  # outside the mask or the window: untouched
+
+
+def test_paste_needs_an_example_to_make_and_the_engine_to_make_it(pipe):
+    sae = make_sae(32, 64, k=4, block=LATE, seed=2)
+    edit = Edit(LATE, (3,), torch.ones(64, 64), mode="paste")
+    with pytest.raises(ModelError, match=r"layers\[0\]\.mode is 'paste' but feature\(s\) 3 .*no top example"):
+        run(pipe, Plan([edit], {LATE: sae}, examples={LATE: {3: [{"prompt": "a red circle"}]}}), block=LATE)
+    with pytest.raises(ModelError, match="its example was not made"):
+        run(pipe, Plan([edit], {LATE: sae}, examples={LATE: {3: [{"prompt": "a", "seed": 1}]}}), block=LATE)
+    plan = Plan([Edit(LATE, (3, 5), torch.ones(64, 64), weights=(0.5, 2.0), mode="paste")], {LATE: sae},
+                examples={LATE: {3: [{"prompt": "a", "seed": 1}], 5: [{"prompt": "b", "seed": 2}]}})
+    assert plan.paste_feature(plan.edits[0]) == 5  # the heaviest feature with an example

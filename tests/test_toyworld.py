@@ -237,6 +237,38 @@ def test_replacing_with_the_best_reading_colour_feature_on_the_left_half_of_a_bl
             assert np.array_equal(after[:, 36:], before[:, 36:]), (seed, colour)
 
 
+def test_pasting_the_best_striped_pasters_example_makes_the_rectangle_striped(toy):
+    """The shipped `striped_paste_top_left.json`: a ``paste`` layer of the feature that best pastes striped on the
+    late 16x16 block (its paste score), over the top left of `a blue square` with the rest kept. Its top example
+    is made again with the session's settings, its firing region moved onto the rectangle, and the rectangle is
+    judged striped (plain before), with the image beyond one latent cell of it pixel for pixel the plain one, on
+    two seeds; the example is made once and reused."""
+    from dataclasses import replace
+
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.engine import Engine
+    from paint_app.session import load_session
+    from paint_app.toyworld.bench import best_feature, rect_mask
+
+    concepts = ConceptLibrary.load([], toy.profile)
+    session = load_session(TOY_DIR / "sessions" / "striped_paste_top_left.json")
+    layer = session.layers[0]
+    assert layer.mode == "paste" and layer.feature == best_feature(concepts, layer.block, "striped", "paste",
+                                                                   mode="paste")[0]
+    engine, judges = Engine(toy, concepts), Judges.load()
+    box = rect_mask(layer.mask.rects[0])
+    far = np.ones((64, 64), bool)
+    far[:36, :36] = False  # beyond one latent cell (4 px) of the rectangle
+    for seed in (0, 1):
+        plain = replace(session, seed=seed, layers=[])
+        before = np.asarray(engine.generate(plain).convert("RGB")).astype(int)
+        after = np.asarray(engine.generate(replace(session, seed=seed)).convert("RGB")).astype(int)
+        assert judges.texture(before, box)[0] != "striped"
+        assert judges.texture(after, box)[0] == "striped", (seed, judges.texture(after, box))
+        assert np.array_equal(after[far], before[far]), seed
+    assert len(engine._examples) == 1  # the same feature and settings: one example for both seeds
+
+
 def test_replacing_an_object_with_its_background_on_the_early_block_erases_it(toy):
     """Erasing by painting the background: a ``replace`` layer of the feature that best reads grass (sand) on the
     early 16x16 block, over the box of `a red circle on grass` (`on sand`), leaves background there, and the
@@ -353,7 +385,7 @@ def test_shipped_labels_say_how_well_each_feature_writes_and_search_ranks_by_it(
     assert any(row["replace"] for row in rows) and not all(row["replace"] for row in rows)
 
 
-def test_shipped_labels_hold_replace_scores_and_the_cli_ranks_by_them(toy, capsys):
+def test_shipped_labels_hold_replace_and_paste_scores_and_the_cli_ranks_by_them(toy, capsys):
     from paint_app.cli import main as paint_app_main
     from paint_app.concepts import ConceptLibrary
     from paint_app.toyworld.bench import PAINTED_KINDS
@@ -364,6 +396,9 @@ def test_shipped_labels_hold_replace_scores_and_the_cli_ranks_by_them(toy, capsy
         scored = {f: label for f, label in entry.labels.items() if label.replace is not None}
         assert scored and all(0 <= label.replace <= 1 and CONCEPT_KIND[label.label] in PAINTED_KINDS
                               and entry.replaceable(f) for f, label in scored.items())
+        pasted = {f: label for f, label in entry.labels.items() if label.paste is not None}
+        assert pasted and all(0 <= label.paste <= 1 and CONCEPT_KIND[label.label] in PAINTED_KINDS
+                              and entry.pasteable(f) for f, label in pasted.items())
     assert paint_app_main(["features", "--model", "toy", "--search", "red", "--rank", "replace", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     best = max(row["replace_score"] or 0 for row in rows)
@@ -397,7 +432,7 @@ def test_paintbench_paints_the_labelled_feature_that_writes_best_or_reads_best(t
     assert best_feature(library, "b", "green") == (None, 0.0, None)
     labels[2] = Label("red", 0.5, "user")  # labels without write scores: the best reader
     assert best_feature(library, "b", "red")[0] == 1
-    with pytest.raises(ValueError, match="allowed: write, read, replace"):
+    with pytest.raises(ValueError, match="allowed: write, read, replace, paste"):
         best_feature(library, "b", "red", by="loudest")
     assert best_feature(library, "b", "red", by="replace")[0] == 1  # none measured: the best reader
     labels[4] = Label("red", 0.1, "ground-truth", 0.1, 0.75)
@@ -406,16 +441,21 @@ def test_paintbench_paints_the_labelled_feature_that_writes_best_or_reads_best(t
     assert best_feature(library, "b", "red", by="replace")[0] == 5
 
 
-def test_replace_scores_are_written_into_ground_truth_labels_only(tmp_path):
-    from paint_app.toyworld.labels import set_replace_scores
+def test_trial_scores_are_written_into_ground_truth_labels_only(tmp_path):
+    from paint_app.toyworld.labels import set_trial_scores
     from sae.labels import Label, load_labels, save_labels
 
     save_labels(tmp_path, {1: Label("red", 0.5, "ground-truth", 0.2, 0.25), 2: Label("blue", 0.4, "ground-truth"),
                            3: Label("mine", 1.0, "user")})
-    assert set_replace_scores(tmp_path, {2: 0.875, 3: 1.0}) == 1
+    assert set_trial_scores(tmp_path, {2: 0.875, 3: 1.0}) == 1
     labels = load_labels(tmp_path)
     assert labels[1].replace is None and labels[2].replace == 0.875  # an earlier score is cleared
     assert labels[3] == Label("mine", 1.0, "user")
+    assert set_trial_scores(tmp_path, {1: 0.5}, "paste") == 1
+    labels = load_labels(tmp_path)
+    assert labels[1].paste == 0.5 and labels[2].replace == 0.875  # each mode's scores apart
+    with pytest.raises(ValueError, match="allowed: replace, paste"):
+        set_trial_scores(tmp_path, {}, "add")
 
 
 def test_replace_scores_measure_how_often_a_features_prototype_paints_its_colour(toy):
@@ -423,13 +463,13 @@ def test_replace_scores_measure_how_often_a_features_prototype_paints_its_colour
     them paints red there, and the palette's replace ranking puts the measured ones first, best first."""
     from paint_app.concepts import ConceptLibrary
     from paint_app.engine import Engine
-    from paint_app.toyworld.bench import replace_scores
+    from paint_app.toyworld.bench import trial_scores
     from paint_app.toyworld.judges import Judges
 
     block = "up_blocks.1.attentions.0"
     concepts = ConceptLibrary.load([], toy.profile)
-    scores = replace_scores(Engine(toy, concepts), Judges.load(), block, trials=2, candidates=3,
-                            concepts=["red"], progress=False)
+    scores = trial_scores(Engine(toy, concepts), Judges.load(), block, "replace", trials=2, candidates=3,
+                          concepts=["red"], progress=False)
     entry = concepts.blocks[block]
     assert len(scores) == 3 and all(entry.labels[f].label == "red" and entry.replaceable(f) for f in scores)
     assert all(v in (0.0, 0.5, 1.0) for v in scores.values()) and max(scores.values()) == 1.0

@@ -218,6 +218,9 @@ def test_layer_settings_validate_and_repaint(app, state):
     with pytest.warns(UserWarning, match="mode 'replace' needs a prototype.*keeps its mode 'erase'"):
         app.set_mode(state, "replace", True)
     assert state.layers[0].mode == "erase"
+    with pytest.warns(UserWarning, match="mode 'paste' needs a top example.*sae top-examples.*keeps its mode 'erase'"):
+        app.set_mode(state, "paste", True)
+    assert state.layers[0].mode == "erase"
     with pytest.warns(UserWarning, match="step range is \\[3, 2\\]"):
         app.set_step_range(state, 3, 2, True)
     app.set_step_range(state, 1, 3, True)
@@ -234,6 +237,9 @@ def test_layers_add_select_delete_clear(app, state):
     result = app.pick_concept(state, ["feature", MID, 1, "blue thing", ""], True)
     assert state.layers[0].block == MID and state.layers[0].name == "blue thing"
     assert state.layers[0].mode == "add" and "no prototype to replace with" in result["status"]
+    state.layers[0].mode = "paste"
+    result = app.pick_concept(state, ["feature", MID, 1, "blue thing", ""], True)
+    assert state.layers[0].mode == "add" and "no example to paste" in result["status"]
     app.add_layer(state)
     assert len(state.layers) == 2 and state.active == 1 and state.layers[1].concept == {"feature": 1}
     assert state.layers[1].name == "blue thing (2)"
@@ -321,6 +327,9 @@ def test_a_replace_layers_palette_lists_the_best_replacers_first(app, state):
         state.layers[0].mode = "replace"
         rows = app.search(state, "blue", BLOCK, "features")["palette_table"]
         assert [(row[2], row[6]) for row in rows] == [(5, "yes, 100%"), (1, "yes, 50%"), (3, "yes"), (7, "")]
+        entry.labels[3] = Label("blue thing", 0.9, "ground-truth", 0.5)
+        state.layers[0].mode = "paste"  # no examples here: by how well the feature reads its label
+        assert [row[2] for row in app.search(state, "blue", BLOCK, "features")["palette_table"]][0] == 3
     finally:
         entry.labels.clear()
         entry.labels.update(saved_labels)
@@ -376,7 +385,7 @@ def test_factor_weights_are_edited_and_saved_as_a_concept(app, state):
     app.save_factor(state, key, edited, "my mix")
     assert state.custom == [{"name": "my mix", "block": BLOCK, "features": {rows[0][0]: 2.0}}]
     listed = app.search(state, "mix", "all blocks", "mine")["palette_table"]
-    assert listed == [["mine", BLOCK, 0, "my mix", "", "", ""]]
+    assert listed == [["mine", BLOCK, 0, "my mix", "", "", "", ""]]
     app.pick_concept(state, listed[0], True)
     assert state.layers[0].concept == {"features": {rows[0][0]: 2.0}}
 

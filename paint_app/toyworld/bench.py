@@ -13,18 +13,19 @@ a random rectangle (sides 24 or 32 px, on the 8-px grid of the coarsest block) a
   best feature over the object (its region dilated to the 4-px grid); removal is the concept judged gone there,
   and the share of the box's pixels judged background after (and before) says whether it became background or
   something else.
-  In ``replace`` mode the object's box is instead replaced with the scene's background (its best-reading
-  feature's prototype).
+  In ``replace`` and ``paste`` modes the object's box is instead painted with the scene's background (its
+  best-reading feature, replaced or pasted).
 
 The best feature is, among the features labelled with the concept, the one that best *writes* it (highest
 ``write`` score: its painted direction closest to the concept's mean difference), with ``feature_by="read"``
 the one that best reads it (highest label score: its activation map closest to the concept's map), or with
-``feature_by="replace"`` the one that best paints it by replacing (highest ``replace`` score: the share of
-``replace_scores``' trial edits, on the labels' scenes, judged to show it).
+``feature_by="replace"`` (``"paste"``) the one that best paints it by replacing (pasting): highest ``replace``
+(``paste``) score, the share of ``trial_scores``' trial edits, on the labels' scenes, judged to show it.
 
-``mode`` is how the feature and factor are painted: ``add`` (the default), ``set``, or ``replace`` (the block
-and the later blocks of its level overwritten with the concept's prototype; ``sae.prototypes``). Erasing is
-the SAE's ``erase``, or in ``replace`` mode the background's prototype replacing the object.
+``mode`` is how the feature and factor are painted: ``add`` (the default), ``set``, ``replace`` (the block
+and the later blocks of its level overwritten with the concept's prototype; ``sae.prototypes``) or ``paste``
+(the feature's top example made again and moved onto the mask; ``sae.exemplars``). Erasing is the SAE's
+``erase``, or in ``replace`` and ``paste`` modes the scene's background painted over the object that way.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .labels import CONCEPT_KIND, best_labelled
 from .world import COLOUR_NAMES, SHAPES, TEXTURES, Scene, caption, scene_for_seed
 
 BENCH_SEED_BASE = 50_000_000
-REPLACE_SEED_BASE = 30_500_000  # replace scores: in the labels' seed range, past the scenes the labels read
+TRIAL_SEED_BASE = 30_500_000  # replace and paste scores: in the labels' seed range, past the scenes labels read
 LEAK_THRESHOLD = 40.0
 EDGE_PX = 4
 PAINTED_KINDS = ("colour", "texture", "shape")
@@ -69,32 +70,37 @@ class Result:
     feature_write: float | None = None  # the painted feature's write score (None where labels have none)
     erased_background: float | None = None  # erase trials: share of the object's box judged background after
     base_background: float | None = None  # ... and before
-    feature_replace: float | None = None  # the painted feature's replace score (None where labels have none)
+    feature_replace: float | None = None  # the painted feature's replace (in paste mode: paste) score, if any
 
 
-def best_feature(concepts, block: str, concept: str, by: str = "write",
-                 replacing: bool = False) -> tuple[int | None, float, float | None]:
+def best_feature(concepts, block: str, concept: str, by: str = "write", replacing: bool = False,
+                 mode: str = "add") -> tuple[int | None, float, float | None]:
     """(feature, its label score, its write score) of the concept's best labelled feature (``best_labelled``);
-    ``replacing``: of those that have a prototype."""
+    with ``replacing`` (or ``mode="replace"``) of those that have a prototype, with ``mode="paste"`` of those
+    with a top example to paste."""
     entry = concepts.blocks[block]
-    labels = entry.labels
-    if replacing:
-        labels = {f: label for f, label in labels.items() if entry.prototypes is not None and entry.prototypes.has(f)}
+    labels = {f: label for f, label in entry.labels.items() if usable(entry, f, "replace" if replacing else mode)}
     feature = best_labelled(labels, concept, by)
     if feature is None:
         return None, 0.0, None
     return feature, labels[feature].score, labels[feature].write
 
 
-def best_factor(concepts, block: str, concept: str, replacing: bool = False) -> int | None:
-    """The factor labelled with the concept whose strongest feature is best labelled (factors keep no scores);
-    ``replacing``: of those with a feature that has a prototype."""
+def usable(entry, feature: int, mode: str) -> bool:
+    """Whether a layer of ``mode`` can paint the feature: ``replace`` needs a prototype, ``paste`` an example."""
+    if mode == "replace":
+        return entry.replaceable(feature)
+    return entry.pasteable(feature) if mode == "paste" else True
+
+
+def best_factor(concepts, block: str, concept: str, mode: str = "add") -> int | None:
+    """The factor labelled with the concept whose strongest feature is best labelled (factors keep no scores),
+    of those with a feature a layer of ``mode`` can paint."""
     entry = concepts.blocks[block]
     if entry.factors is None:
         return None
     candidates = [i for i, label in enumerate(entry.factors.labels) if label == concept and
-                  (not replacing or any(entry.prototypes is not None and entry.prototypes.has(f)
-                                        for f in entry.factors.features_of(i)))]
+                  any(usable(entry, f, mode) for f in entry.factors.features_of(i))]
     if not candidates:
         return None
 
@@ -179,9 +185,8 @@ class Bench:
 
     def run_concept(self, block: str, concept: str) -> Result:
         kind = CONCEPT_KIND[concept]
-        feature, score, write = best_feature(self.engine.concepts, block, concept, self.feature_by,
-                                             self.mode == "replace")
-        factor = best_factor(self.engine.concepts, block, concept, self.mode == "replace")
+        feature, score, write = best_feature(self.engine.concepts, block, concept, self.feature_by, mode=self.mode)
+        factor = best_factor(self.engine.concepts, block, concept, self.mode)
         hits = {"feature": [], "factor": [], "base": []}
         leaks = {"feature": [], "factor": []}
         far = {"feature": [], "factor": []}
@@ -199,7 +204,8 @@ class Bench:
                 far[name].append(leakage(base, painted, mask, EDGE_PX))
         removal, n_erase, after, before = self.erase(block, concept, feature) if feature is not None else \
             (None, 0, None, None)
-        replace_score = None if feature is None else self.engine.concepts.blocks[block].labels[feature].replace
+        label = None if feature is None else self.engine.concepts.blocks[block].labels[feature]
+        replace_score = None if label is None else getattr(label, self.mode, label.replace)
         return Result(block, concept, kind, feature, score, factor, mean(hits["feature"]) or 0.0,
                       mean(hits["factor"]), mean(hits["base"]) or 0.0, mean(leaks["feature"]) or 0.0,
                       mean(leaks["factor"]), removal, self.k, n_erase, mean(far["feature"]), mean(far["factor"]),
@@ -227,35 +233,35 @@ class Bench:
         return mean(removed), len(removed), mean(after), mean(before)
 
     def eraser(self, block: str, feature: int, background: str, rect: list[int]) -> Layer | None:
-        """The layer that erases: the feature's ``erase``, or in replace mode the scene's background painted over
-        the object (its best-reading feature with a prototype replaces the box; None where there is none)."""
-        if self.mode != "replace":
+        """The layer that erases: the feature's ``erase``, or in replace and paste modes the scene's background
+        painted over the object (its best-reading feature that the mode can paint; None where there is none)."""
+        if self.mode not in ("replace", "paste"):
             return Layer(block=block, mask=Mask(rects=[rect]), feature=feature, mode="erase",
                          step_range=self.step_range)
-        ground = best_feature(self.engine.concepts, block, background, "read", replacing=True)[0]
+        ground = best_feature(self.engine.concepts, block, background, "read", mode=self.mode)[0]
         if ground is None:
             return None
-        return Layer(block=block, mask=Mask(rects=[rect]), feature=ground, mode="replace", step_range=self.step_range)
+        return Layer(block=block, mask=Mask(rects=[rect]), feature=ground, mode=self.mode, step_range=self.step_range)
 
 
-def replace_scores(engine: Engine, judges: Judges, block: str, trials: int = 8, candidates: int = 8,
-                   concepts: list[str] | None = None, progress: bool = True) -> dict[int, float]:
-    """How well each feature paints its label by ``replace``: for each colour, texture and shape, its
-    ``candidates`` best-reading labelled features that have a prototype each replace the same ``trials``
+def trial_scores(engine: Engine, judges: Judges, block: str, mode: str = "replace", trials: int = 8,
+                 candidates: int = 8, concepts: list[str] | None = None, progress: bool = True) -> dict[int, float]:
+    """How well each feature paints its label in ``mode`` (replace or paste): for each colour, texture and shape,
+    its ``candidates`` best-reading labelled features that the mode can paint each paint the same ``trials``
     rectangles of scenes lacking it (the labels' seeds, not PaintBench's; every step, the rest kept); a feature's
     score is the share judged to be the concept inside the rectangle."""
     from tqdm.auto import tqdm
 
-    bench = Bench(engine, judges, strength=1.0, k=trials, keep_outside=True, mode="replace")
+    bench = Bench(engine, judges, strength=1.0, k=trials, keep_outside=True, mode=mode)
     entry = engine.concepts.blocks[block]
     scores: dict[int, float] = {}
-    for concept in tqdm(concepts or concepts_to_paint(), desc=f"replace scores {block}", disable=not progress):
-        labelled = sorted((f for f, label in entry.labels.items() if label.label == concept and entry.replaceable(f)),
+    for concept in tqdm(concepts or concepts_to_paint(), desc=f"{mode} scores {block}", disable=not progress):
+        labelled = sorted((f for f, label in entry.labels.items() if label.label == concept and usable(entry, f, mode)),
                           key=lambda f: (-entry.labels[f].score, f))[:candidates]
         hits: dict[int, list[bool]] = {feature: [] for feature in labelled}
-        for prompt, seed, rect, mask in paint_trials(concept, trials, REPLACE_SEED_BASE) if labelled else []:
+        for prompt, seed, rect, mask in paint_trials(concept, trials, TRIAL_SEED_BASE) if labelled else []:
             for feature in labelled:
-                layer = Layer(block=block, mask=Mask(rects=[rect]), feature=feature, mode="replace")
+                layer = Layer(block=block, mask=Mask(rects=[rect]), feature=feature, mode=mode)
                 painted = bench.image(prompt, seed, [layer])
                 hits[feature].append(bench.judged(CONCEPT_KIND[concept], painted, mask) == concept)
         scores.update({feature: float(np.mean(found)) for feature, found in hits.items()})

@@ -183,34 +183,38 @@ def write_scores(sae: SAE, differences: torch.Tensor) -> torch.Tensor:
         return (atoms @ differences.T) / (atoms.norm(dim=1)[:, None] * differences.norm(dim=1)[None]).clamp_min(1e-12)
 
 
-FEATURE_CHOICES = ("write", "read", "replace")
+FEATURE_CHOICES = ("write", "read", "replace", "paste")
+TRIAL_MODES = ("replace", "paste")  # modes whose labels carry a measured trial score of that name
 
 
 def best_labelled(labels: dict[int, Label], concept: str, by: str = "write") -> int | None:
     """The feature labelled ``concept`` that best writes it (highest write score, falling back to the label
     score where the labels have no write scores), best reads it (``by="read"``: highest label score) or best
-    paints it by replacing (``by="replace"``: highest replace score, then label score, among the features whose
-    replace score was measured; the best reader where none was); the lowest index on a tie, None when no feature
-    has that label."""
+    paints it in a trial mode (``by="replace"`` or ``"paste"``: highest score of that name, then label score,
+    among the features whose score was measured; the best reader where none was); the lowest index on a tie,
+    None when no feature has that label."""
     if by not in FEATURE_CHOICES:
         raise ValueError(f"feature choice is {by!r}; allowed: {', '.join(FEATURE_CHOICES)}")
     labelled = [f for f, label in labels.items() if label.label == concept]
-    if by == "replace":
-        measured = [f for f in labelled if labels[f].replace is not None]
-        return max(measured or labelled, key=lambda f: (labels[f].replace or 0.0, labels[f].score, -f), default=None)
+    if by in TRIAL_MODES:
+        measured = [f for f in labelled if getattr(labels[f], by) is not None]
+        return max(measured or labelled, key=lambda f: (getattr(labels[f], by) or 0.0, labels[f].score, -f),
+                   default=None)
     writes = by == "write" and all(labels[f].write is not None for f in labelled)
     return max(labelled, key=lambda f: (labels[f].write if writes else labels[f].score, -f), default=None)
 
 
-def set_replace_scores(folder: Path, scores: dict[int, float]) -> int:
-    """Write measured replace scores into the SAE's ground-truth labels (clearing earlier ones); returns how many
-    labels got one."""
+def set_trial_scores(folder: Path, scores: dict[int, float], mode: str = "replace") -> int:
+    """Write measured trial scores of ``mode`` (replace or paste) into the SAE's ground-truth labels (clearing
+    earlier ones); returns how many labels got one."""
+    if mode not in TRIAL_MODES:
+        raise ValueError(f"mode is {mode!r}; allowed: {', '.join(TRIAL_MODES)}")
     labels = load_labels(folder)
     for feature, label in labels.items():
         if label.source == "ground-truth":
-            label.replace = round(scores[feature], 4) if feature in scores else None
+            setattr(label, mode, round(scores[feature], 4) if feature in scores else None)
     save_labels(folder, labels)
-    return sum(label.replace is not None for label in labels.values())
+    return sum(getattr(label, mode) is not None for label in labels.values())
 
 
 def best_labels(correlation: torch.Tensor, active: torch.Tensor,

@@ -6,10 +6,11 @@
 2. per block: ``sae train``, then ``sae factors`` and ``sae top-examples`` on the shipped folder;
 3. ground-truth labels (``paint_app.toyworld.labels``) for features and factors;
 4. ``sae prototypes`` over the first ``--prototype-prompts`` captions (for ``replace`` edits), then each
-   colour, texture and shape's best readers' replace scores (``bench.replace_scores``) into ``labels.json``;
+   colour, texture and shape's best readers' replace and paste scores (``bench.trial_scores``) into
+   ``labels.json``;
 5. ``paint_app.json`` lists the blocks that now carry SAEs.
 
-``--prototypes-only`` redoes step 4 for SAEs already in ``--out``; ``--replace-scores-only`` only its scores.
+``--prototypes-only`` redoes step 4 for SAEs already in ``--out``; ``--scores-only`` only its scores.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from sae.cli import main as sae_main
 
-from .labels import label_sae, set_replace_scores
+from .labels import TRIAL_MODES, label_sae, set_trial_scores
 from .model import BLOCK_ROLES, text_entry_of
 from .world import prompts
 
@@ -72,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="captions (the first of --prompts) that the prototypes are averaged over")
     parser.add_argument("--prototypes-only", action="store_true",
                         help="only make the prototypes of the SAEs already in --out")
-    parser.add_argument("--replace-scores-only", action="store_true",
-                        help="only measure the replace scores of the SAEs (with prototypes) already in --out")
-    parser.add_argument("--replace-trials", type=int, default=8, help="trial edits per feature for its replace score")
-    parser.add_argument("--replace-candidates", type=int, default=8,
-                        help="features per concept (its best readers with a prototype) given a replace score")
+    parser.add_argument("--scores-only", action="store_true",
+                        help="only measure the replace and paste scores of the SAEs already in --out")
+    parser.add_argument("--trials", type=int, default=8, help="trial edits per feature for its replace/paste score")
+    parser.add_argument("--candidates", type=int, default=8,
+                        help="features per concept (its best readers the mode can paint) given a score")
     parser.add_argument("--overwrite", action="store_true", help="replace SAEs already in --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -86,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.blocks:
         args.blocks = DEFAULT_BLOCKS[text_entry_of(pipe.unet.config)]
     existing = [b for b in args.blocks if (args.out / b / "sae.safetensors").exists()]
-    if args.prototypes_only or args.replace_scores_only:
+    if args.prototypes_only or args.scores_only:
         for block in existing:
             if args.prototypes_only:
                 make_prototypes(args, args.out / block, write_prompts(args))
-            score_replacements(args, block, args.out / block)
+            score_trials(args, block, args.out / block)
         return 0
     if existing and not args.overwrite:
         print(f"saes: error: {args.out} already holds SAEs for {', '.join(existing)}; pass --overwrite",
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         run_sae("top-examples", "--sae", str(folder), "--acts", str(acts), "--per-feature", "4", "--device", "cpu")
         summary = label_sae(pipe, folder, args.label_scenes)
         make_prototypes(args, folder, prompt_file)
-        score_replacements(args, block, folder)
+        score_trials(args, block, folder)
         print(json.dumps({"block": block, "labelled": summary["labelled"],
                           "best": {k: v["score"] for k, v in summary["best"].items()}}), flush=True)
     write_blocks(args.out.parent / "paint_app.json", args.out, BLOCK_ROLES[text_entry_of(pipe.unet.config)])
@@ -135,21 +136,22 @@ def make_prototypes(args: argparse.Namespace, folder: Path, prompt_file: Path) -
             "--limit", str(args.prototype_prompts), "--device", "cpu")
 
 
-def score_replacements(args: argparse.Namespace, block: str, folder: Path) -> None:
-    """Measure the replace scores of the SAE in ``folder`` and write them into its labels."""
+def score_trials(args: argparse.Namespace, block: str, folder: Path) -> None:
+    """Measure the replace and paste scores of the SAE in ``folder`` and write them into its labels."""
     from paint_app.concepts import ConceptLibrary
     from paint_app.engine import Engine
     from paint_app.models import load_model
 
-    from .bench import replace_scores
+    from .bench import trial_scores
     from .judges import Judges
 
     loaded = load_model(args.model, device="cpu")
     engine = Engine(loaded, ConceptLibrary.load([f"{block}={folder}"], loaded.profile))
-    scores = replace_scores(engine, Judges.load(), block, args.replace_trials, args.replace_candidates)
-    scored = set_replace_scores(folder, scores)
-    print(json.dumps({"block": block, "replace_scored": scored,
-                      "mean_replace_score": round(sum(scores.values()) / max(1, len(scores)), 4)}), flush=True)
+    for mode in TRIAL_MODES:
+        scores = trial_scores(engine, Judges.load(), block, mode, args.trials, args.candidates)
+        scored = set_trial_scores(folder, scores, mode)
+        print(json.dumps({"block": block, "mode": mode, "scored": scored,
+                          "mean_score": round(sum(scores.values()) / max(1, len(scores)), 4)}), flush=True)
 
 
 def write_blocks(defaults_file: Path, sae_dir: Path, roles: dict[str, str]) -> None:
