@@ -1,7 +1,8 @@
 """Steering overhead: plain vs steered generation (4 layers on 2 blocks), run side by side in one process.
 
 The steered runs: 4 ``add`` layers; 4 mixed ``add``/``set``/``erase`` layers; 4 ``replace`` layers (the SAEs'
-prototypes made first from two prompts).
+prototypes made first from two prompts); 4 ``paste`` layers, with their examples cached (as on every repaint after
+the first) and made anew (the first paste of a feature: one more generation).
 
 Also the speedup of a repaint whose prompt did not change (cached text embeddings) over one that encodes it again.
 
@@ -27,6 +28,7 @@ from paint_app.concepts import ConceptLibrary  # noqa: E402
 from paint_app.engine import Engine  # noqa: E402
 from paint_app.models import load_model  # noqa: E402
 from paint_app.session import Session  # noqa: E402
+from sae.examples import save_top_examples  # noqa: E402
 from sae.pipelines import get_block  # noqa: E402
 from sae.prototypes import compute_prototypes  # noqa: E402
 
@@ -34,10 +36,11 @@ BLOCKS = ("down_blocks.0.attentions.0", "mid_block.attentions.0")
 REPLACED_FEATURE = 0  # given a prototype on both blocks by ``build_engine``
 
 
-def build_engine(model_name: str, device: str, folder: Path, size: int, steps: int) -> Engine:
+def build_engine(model_name: str, device: str, folder: Path, size: int, steps: int) -> tuple[Engine, dict[str, int]]:
+    """The engine, and per block the feature (the one that fired most) whose example ``paste`` layers paste."""
     model = load_model(model_name, device=device)
     channels = {block: get_block(model.pipeline.unet, block).config.in_channels for block in BLOCKS}
-    paths = []
+    paths, pasted = [], {}
     for i, block in enumerate(BLOCKS):
         sae = make_sae(channels[block], 8 * channels[block], k=8, block=block, seed=i)
         paths.append(str(save_sae(folder / block, sae)))
@@ -49,11 +52,15 @@ def build_engine(model_name: str, device: str, folder: Path, size: int, steps: i
             values[REPLACED_FEATURE] = values[best]
         prototypes.counts[REPLACED_FEATURE] = prototypes.counts[best]
         prototypes.save(folder / block)
-    return Engine(model, ConceptLibrary.load(paths, model.profile, device=model.device))
+        save_top_examples(folder / block, {best: [{"prompt": "a red circle", "prompt_id": 0, "seed": 0,
+                                                  "step": steps - 1, "row": 0, "col": 0, "value": 1.0}]})
+        pasted[block] = best
+    return Engine(model, ConceptLibrary.load(paths, model.profile, device=model.device)), pasted
 
 
-def sessions(model: str, size: int, steps: int) -> tuple[Session, Session, Session, Session]:
-    """Plain; 4 ``add`` layers on 2 blocks; 4 mixed layers (add, set, erase, add) on 2 blocks; 4 ``replace``."""
+def sessions(model: str, size: int, steps: int, pasted: dict[str, int]) -> tuple[Session, ...]:
+    """Plain; 4 ``add`` layers on 2 blocks; 4 mixed layers (add, set, erase, add) on 2 blocks; 4 ``replace``;
+    4 ``paste``."""
     base = {"version": 1, "model": model, "prompt": "a red circle on grass", "seed": 0, "width": size,
             "height": size, "steps": steps, "guidance": 0.0}
     half, quarter = size // 2, size // 4
@@ -68,8 +75,11 @@ def sessions(model: str, size: int, steps: int) -> tuple[Session, Session, Sessi
     added = [{**layer, "mode": "add", "strength": 3.0} for layer in layers]
     replaced = [{key: value for key, value in layer.items() if key not in ("feature", "features")} |
                 {"mode": "replace", "feature": REPLACED_FEATURE} for layer in layers]
+    pastes = [{key: value for key, value in layer.items() if key not in ("feature", "features")} |
+              {"mode": "paste", "feature": pasted[layer["block"]]} for layer in layers]
     return (Session.from_dict({**base, "layers": []}), Session.from_dict({**base, "layers": added}),
-            Session.from_dict({**base, "layers": layers}), Session.from_dict({**base, "layers": replaced}))
+            Session.from_dict({**base, "layers": layers}), Session.from_dict({**base, "layers": replaced}),
+            Session.from_dict({**base, "layers": pastes}))
 
 
 def timed(engine: Engine, session: Session) -> float:
@@ -92,29 +102,33 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        engine = build_engine(args.model, args.device, Path(tmp), args.size, args.steps)
-        plain, added, steered, replaced = sessions(args.model, args.size, args.steps)
+        engine, pasted = build_engine(args.model, args.device, Path(tmp), args.size, args.steps)
+        plain, added, steered, replaced, pastes = sessions(args.model, args.size, args.steps, pasted)
         for _ in range(3):  # warm-up: caches, allocator, first-call overheads
-            timed(engine, plain), timed(engine, added), timed(engine, steered), timed(engine, replaced)
-        plain_times, added_times, steered_times, replaced_times, uncached_times, cached_times = [], [], [], [], [], []
+            for session in (plain, added, steered, replaced, pastes):
+                timed(engine, session)
+        names = ("plain", "added", "steered", "replaced", "pasted", "paste_made", "uncached", "cached")
+        times: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.repeats):  # interleaved, so drifts of the machine hit all sides alike
-            plain_times.append(timed(engine, plain))
-            added_times.append(timed(engine, added))
-            steered_times.append(timed(engine, steered))
-            replaced_times.append(timed(engine, replaced))
+            for name, session in (("plain", plain), ("added", added), ("steered", steered), ("replaced", replaced),
+                                  ("pasted", pastes)):
+                times[name].append(timed(engine, session))
+            engine._examples.clear()
+            times["paste_made"].append(timed(engine, pastes))
             engine._prompt_cache.clear()
-            uncached_times.append(timed(engine, steered))
-            cached_times.append(timed(engine, steered))
+            times["uncached"].append(timed(engine, steered))
+            times["cached"].append(timed(engine, steered))
     device = engine.model.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
-    p, a, s, r = (statistics.median(t) for t in (plain_times, added_times, steered_times, replaced_times))
-    u, c = statistics.median(uncached_times), statistics.median(cached_times)
+    p, a, s, r, v, m, u, c = (statistics.median(times[name]) for name in names)
     print(f"model {args.model}, {args.size}x{args.size}, {args.steps} steps, device {device} ({name}), "
           f"torch threads {torch.get_num_threads()}, {args.repeats} interleaved repeats")
     print(f"plain generation, median      {p * 1000:8.1f} ms")
     print(f"4 add layers on 2 blocks      {a * 1000:8.1f} ms   ratio {a / p:6.3f} (target <= 1.05)")
     print(f"4 mixed add/set/erase layers  {s * 1000:8.1f} ms   ratio {s / p:6.3f} (target <= 1.05)")
     print(f"4 replace layers on 2 blocks  {r * 1000:8.1f} ms   ratio {r / p:6.3f} (target <= 1.05)")
+    print(f"4 paste layers, examples kept {v * 1000:8.1f} ms   ratio {v / p:6.3f} (target <= 1.05)")
+    print(f"4 paste layers, examples made {m * 1000:8.1f} ms   ratio {m / p:6.3f} (2 examples: 2 more generations)")
     print(f"repaint, prompt re-encoded    {u * 1000:8.1f} ms")
     print(f"repaint, prompt cached        {c * 1000:8.1f} ms   speedup {u / c:6.3f}x")
 
