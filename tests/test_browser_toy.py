@@ -37,8 +37,15 @@ def brush_top_left(page) -> None:
 
 
 def settled_image(page, screenshot) -> np.ndarray:
-    """The shown image once the newest change's repaint has landed (it wins over older ones)."""
-    page.wait_for_timeout(1500)
+    """The shown image once repaints have stopped: the output unchanged for 1.5 s (the newest change's repaint wins
+    over older ones, and on a busy machine one may still be on its way), waiting 20 s at most."""
+    src, unchanged = output_src(page), 0
+    for _ in range(40):
+        page.wait_for_timeout(500)
+        current = output_src(page)
+        unchanged, src = (unchanged + 1 if current == src else 0), current
+        if unchanged >= 3:
+            break
     page.screenshot(path=screenshot, full_page=True)
     return shown_image(page)
 
