@@ -4,9 +4,11 @@ A ``paste`` edit copies what a real generation holds where a feature fires. The 
 and seed, ``top_examples.json``) is generated again with the run's own settings, recording, at every step, the
 output of the SAE's block and of every transformer block after it whose grid is as fine or finer: the rest of
 the UNet's picture of that place. The *window* is where the feature fires in it: the connected cells
-(4-neighbours) around its strongest cell, at the example's step (conditional half), where its activation is
-positive. ``Example.moved`` moves window and activations by whole cells of the SAE's grid (finer blocks by the
-same distance) so the window's box is centred on the mask's box; the edit then overwrites them there
+(4-neighbours) around its strongest cell where it fires at any step (its activation summed over the steps,
+conditional half). The whole trajectory, not one step: a shape's feature can fire on one part of the object at
+one step and on more of it at another (on the toy's 8x8 block: triangle 19% -> 75%, shape 45% -> 58%).
+``Example.moved`` moves window and activations by whole cells of the SAE's grid (finer blocks by the same
+distance) so the window's box is centred on the mask's box; the edit then overwrites them there
 (``paint_app.steering``). Moved, not resized: a resized pattern loses its period (``benchmarks/exemplars.py``).
 """
 
@@ -113,8 +115,7 @@ def record_example(pipe, sae: SAE, block: str, feature: int, record: dict, **pip
         handle.remove()
     if not maps:
         raise SAEError(f"block {block!r} never ran while making the example of feature {feature}")
-    step = min(max(int(record.get("step", len(maps) - 1)), 0), len(maps) - 1)
-    window = firing_window(maps[step])
+    window = firing_window(torch.stack(maps).clamp(min=0).sum(0))
     if not bool(window.any()):
         raise SAEError(f"feature {feature} does not fire in its example ({record['prompt']!r}, seed "
                        f"{record['seed']}) made again at these settings; there is nothing to paste")
@@ -127,8 +128,8 @@ def sae_grid_width(maps: list[torch.Tensor]) -> int:
 
 
 def firing_window(activation: torch.Tensor) -> torch.Tensor:
-    """The connected cells around the strongest cell where the activation is positive ([H, W] of 0/1); all zeros
-    when it never fires."""
+    """The connected cells around the strongest cell where the (summed) activation is positive ([H, W] of 0/1);
+    all zeros when it never fires."""
     if float(activation.max()) <= 0:
         return torch.zeros_like(activation)
     labels, _ = ndimage.label((activation > 0).numpy())
