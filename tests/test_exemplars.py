@@ -75,3 +75,20 @@ def test_record_example_keeps_the_sae_block_and_every_later_block_of_its_grid_or
                            height=64, width=64)
     assert torch.equal(again.window, example.window)
     torch.testing.assert_close(again.outputs[block], example.outputs[block])
+
+
+def test_record_example_on_an_sdxl_pipeline_keeps_every_later_block_of_its_grid_or_finer():
+    """SDXL's pipeline (pooled text, time ids) makes the example the same way; from the mid block (8x8) every up
+    block follows."""
+    from sae.pipelines import build_tiny_pipeline, get_block
+
+    pipe = build_tiny_pipeline("tiny-random-sdxl")
+    pipe.set_progress_bar_config(disable=True)
+    block = "mid_block.attentions.0"
+    sae = make_sae(get_block(pipe.unet, block).config.in_channels, 64, k=8, block=block, seed=1)
+    example = record_example(pipe, sae, block, 0, {"prompt": "a red circle", "seed": 1}, num_inference_steps=2,
+                             guidance_scale=2.0, height=64, width=64)
+    ups = [name for name, _ in pipe.unet.named_modules() if name.startswith("up_blocks.") and ".attentions." in name
+           and name.count(".") == 3]
+    assert sorted(example.outputs) == sorted([block, *ups])
+    assert all(values.shape[:2] == (2, 2) and values.shape[-1] >= 8 for values in example.outputs.values())
