@@ -36,9 +36,10 @@ def brush_top_left(page) -> None:
         stroke(page, (0.08, fy), (0.42, fy))
 
 
-def settled_image(page, screenshot) -> np.ndarray:
-    """The shown image once repaints have stopped: the output unchanged for 1.5 s (the newest change's repaint wins
-    over older ones, and on a busy machine one may still be on its way), waiting 20 s at most."""
+def settle(page) -> str:
+    """Wait until repaints have stopped (the output unchanged for 1.5 s, 20 s at most; each stroke of a brush
+    gesture repaints, and on a busy machine the last may land after the first was awaited, with its own status
+    line); returns the output's src."""
     src, unchanged = output_src(page), 0
     for _ in range(40):
         page.wait_for_timeout(500)
@@ -46,6 +47,12 @@ def settled_image(page, screenshot) -> np.ndarray:
         unchanged, src = (unchanged + 1 if current == src else 0), current
         if unchanged >= 3:
             break
+    return src
+
+
+def settled_image(page, screenshot) -> np.ndarray:
+    """The shown image once repaints have stopped (``settle``)."""
+    settle(page)
     page.screenshot(path=screenshot, full_page=True)
     return shown_image(page)
 
@@ -84,7 +91,8 @@ def test_a_layer_switched_to_replace_paints_the_features_prototype(chromium, toy
         before = shown_image(page)
         old = output_src(page)
         brush_top_left(page)
-        old = wait_new_output(page, old)
+        wait_new_output(page, old)
+        old = settle(page)  # before searching: a late repaint's status would replace the search's
         page.get_by_role("tab", name="Palette").click()
         page.fill("#palette-search textarea", "blue")
         page.press("#palette-search textarea", "Enter")
@@ -119,7 +127,8 @@ def test_paste_from_the_mode_radio_and_a_shipped_paste_session(chromium, toy_ser
     try:
         old = output_src(page)
         brush_top_left(page)
-        old = wait_new_output(page, old)
+        wait_new_output(page, old)
+        old = settle(page)
         page.locator("#mode").get_by_label("paste").check()
         wait_text(page, "#status", "Paste acts on every step")
         wait_text(page, "#layer-info", "pastes the activations")
