@@ -44,6 +44,13 @@ class BlockConcepts:
         """Whether a ``paste`` layer can paint the feature (it has a top example that can be made again)."""
         return pasteable_record(self.examples.get(feature)) is not None
 
+    def can_paint(self, feature: int, mode: str) -> bool:
+        """Whether a layer of ``mode`` can paint the feature: ``replace`` needs a prototype, ``paste`` an example,
+        the other modes nothing."""
+        if mode == "replace":
+            return self.replaceable(feature)
+        return self.pasteable(feature) if mode == "paste" else True
+
 
 class ConceptLibrary:
     """SAEs by block, with labels and factors; resolves a layer's concept into features and weights."""

@@ -711,10 +711,8 @@ class PaintApp:
         entry = self.engine.concepts.blocks.get(chosen["block"])
         if mode not in NEEDS:
             return True
-        if entry is None:
-            return False
-        usable = entry.replaceable if mode == "replace" else entry.pasteable
-        return any(usable(f) and w > 0 for f, w in self._weights_of(chosen).items())
+        return entry is not None and any(entry.can_paint(f, mode) and w > 0
+                                         for f, w in self._weights_of(chosen).items())
 
     def _weights_of(self, chosen: dict) -> dict[int, float]:
         from .session import Layer, Mask

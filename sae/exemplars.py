@@ -102,7 +102,7 @@ def record_example(pipe, sae: SAE, block: str, feature: int, record: dict, **pip
                 value = site_value(sae.config.site, block_input(args, kwargs), h)[-1]  # conditional half [C, H, W]
                 code = sae.encode(value.permute(1, 2, 0).to(sae.W_dec.device, sae.W_dec.dtype))
                 maps.append(code[..., feature].float().cpu())
-            if seen_sae_block[0] and h.shape[-1] >= sae_grid_width(maps):
+            if seen_sae_block[0] and h.shape[-1] >= maps[-1].shape[-1]:  # after the SAE's block, as fine or finer
                 outputs.setdefault(name, []).append(h.float().cpu())
         return record_output
 
@@ -121,10 +121,6 @@ def record_example(pipe, sae: SAE, block: str, feature: int, record: dict, **pip
                        f"{record['seed']}) made again at these settings; there is nothing to paste")
     return Example(feature, record["prompt"], int(record["seed"]), window,
                    {name: torch.stack(values) for name, values in outputs.items() if len(values) == len(maps)})
-
-
-def sae_grid_width(maps: list[torch.Tensor]) -> int:
-    return maps[-1].shape[-1] if maps else 0
 
 
 def firing_window(activation: torch.Tensor) -> torch.Tensor:

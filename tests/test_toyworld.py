@@ -283,7 +283,7 @@ def test_replacing_an_object_with_its_background_on_the_early_block_erases_it(to
     block = "down_blocks.0.attentions.0"
     engine, judges = Engine(toy, concepts), Judges.load()
     for background, seed in (("grass", 0), ("sand", 1)):
-        ground = best_feature(concepts, block, background, "read", replacing=True)[0]
+        ground = best_feature(concepts, block, background, "read", mode="replace")[0]
         session = Session(model="toy", prompt=f"a red circle on {background}", seed=seed, steps=toy.profile.steps,
                           guidance=toy.profile.guidance, keep_outside=True)
         before = np.asarray(engine.generate(session).convert("RGB")).astype(int)

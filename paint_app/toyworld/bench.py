@@ -73,24 +73,16 @@ class Result:
     feature_replace: float | None = None  # the painted feature's replace (in paste mode: paste) score, if any
 
 
-def best_feature(concepts, block: str, concept: str, by: str = "write", replacing: bool = False,
+def best_feature(concepts, block: str, concept: str, by: str = "write",
                  mode: str = "add") -> tuple[int | None, float, float | None]:
     """(feature, its label score, its write score) of the concept's best labelled feature (``best_labelled``);
-    with ``replacing`` (or ``mode="replace"``) of those that have a prototype, with ``mode="paste"`` of those
-    with a top example to paste."""
+    of those a layer of ``mode`` can paint (``replace``: with a prototype, ``paste``: with a top example)."""
     entry = concepts.blocks[block]
-    labels = {f: label for f, label in entry.labels.items() if usable(entry, f, "replace" if replacing else mode)}
+    labels = {f: label for f, label in entry.labels.items() if entry.can_paint(f, mode)}
     feature = best_labelled(labels, concept, by)
     if feature is None:
         return None, 0.0, None
     return feature, labels[feature].score, labels[feature].write
-
-
-def usable(entry, feature: int, mode: str) -> bool:
-    """Whether a layer of ``mode`` can paint the feature: ``replace`` needs a prototype, ``paste`` an example."""
-    if mode == "replace":
-        return entry.replaceable(feature)
-    return entry.pasteable(feature) if mode == "paste" else True
 
 
 def best_factor(concepts, block: str, concept: str, mode: str = "add") -> int | None:
@@ -100,7 +92,7 @@ def best_factor(concepts, block: str, concept: str, mode: str = "add") -> int | 
     if entry.factors is None:
         return None
     candidates = [i for i, label in enumerate(entry.factors.labels) if label == concept and
-                  any(usable(entry, f, mode) for f in entry.factors.features_of(i))]
+                  any(entry.can_paint(f, mode) for f in entry.factors.features_of(i))]
     if not candidates:
         return None
 
@@ -205,7 +197,7 @@ class Bench:
         removal, n_erase, after, before = self.erase(block, concept, feature) if feature is not None else \
             (None, 0, None, None)
         label = None if feature is None else self.engine.concepts.blocks[block].labels[feature]
-        replace_score = None if label is None else getattr(label, self.mode, label.replace)
+        replace_score = None if label is None else label.paste if self.mode == "paste" else label.replace
         return Result(block, concept, kind, feature, score, factor, mean(hits["feature"]) or 0.0,
                       mean(hits["factor"]), mean(hits["base"]) or 0.0, mean(leaks["feature"]) or 0.0,
                       mean(leaks["factor"]), removal, self.k, n_erase, mean(far["feature"]), mean(far["factor"]),
@@ -256,7 +248,7 @@ def trial_scores(engine: Engine, judges: Judges, block: str, mode: str = "replac
     entry = engine.concepts.blocks[block]
     scores: dict[int, float] = {}
     for concept in tqdm(concepts or concepts_to_paint(), desc=f"{mode} scores {block}", disable=not progress):
-        labelled = sorted((f for f, label in entry.labels.items() if label.label == concept and usable(entry, f, mode)),
+        labelled = sorted((f for f, label in entry.labels.items() if label.label == concept and entry.can_paint(f, mode)),
                           key=lambda f: (-entry.labels[f].score, f))[:candidates]
         hits: dict[int, list[bool]] = {feature: [] for feature in labelled}
         for prompt, seed, rect, mask in paint_trials(concept, trials, TRIAL_SEED_BASE) if labelled else []:
