@@ -34,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-outside", action="store_true",
                         help="sessions keep the image outside the mask on the unpainted run's latents (the app's "
                              "'keep the rest' option); leakage then measures what still gets through")
-    parser.add_argument("--mode", choices=("add", "set", "replace", "paste"), default="add",
+    parser.add_argument("--mode", choices=("add", "set", "replace", "paste", "recipe"), default="add",
                         help="how the feature and factor are painted (replace needs the SAEs' prototypes, paste "
-                             "their top examples with seeds)")
+                             "their top examples with seeds); recipe: each concept painted with its recipe, the "
+                             "edit its SAE's recipes.json measured best (its own mode, strength and steps; "
+                             "--strength, --step-range and --feature-by then unused)")
     parser.add_argument("--feature-by", choices=("write", "read", "replace", "paste"),
                         help="a concept's best feature: the labelled feature that best writes it (its write score; "
                              "the default in add and set modes), best reads it (its label score), or best paints it "
@@ -67,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"header": header, "results": [asdict(r) for r in results],
                                          "summary": rows}, indent=1) + "\n")
     if args.card:
-        tag = re.search(r"strength \S+, step range (\[[^]]*\]|all)(, outside kept)?(, features by \w+ score)?"
-                        r"(, mode \w+)?", header).group(0)
+        tag = re.search(r"(strength \S+, step range (\[[^]]*\]|all)|each concept's recipe)(, outside kept)?"
+                        r"(, features by \w+ score)?(, mode \w+)?", header).group(0)
         write_card_section(args.card, text, tag)
     return 0
 
@@ -90,6 +92,13 @@ def run(args: argparse.Namespace):
     step_range = profile.layer_step_range if args.step_range is None else tuple(args.step_range)
     step_range = step_range if step_range and step_range[1] > 0 else None
     args.feature_by = args.feature_by or {"replace": "replace", "paste": "paste"}.get(args.mode, "write")
+    if args.mode == "recipe":
+        args.feature_by = "write"  # unused
+        missing = [block for block in args.blocks or concepts.blocks if concepts.blocks[block].recipes is None]
+        if missing:
+            print(f"paintbench: error: --mode recipe: no recipes.json for {', '.join(missing)}; make them with "
+                  "`python -m paint_app.toyworld.saes --recipes-only`", file=sys.stderr)
+            raise SystemExit(2)
     bench = Bench(Engine(loaded, concepts), Judges.load(), strength, args.k, step_range, args.keep_outside,
                   args.feature_by, args.mode)
     start = time.perf_counter()
@@ -101,8 +110,10 @@ def run(args: argparse.Namespace):
             print(f"{block} {concept}: success {r.success_feature:.2f} (factor {r.success_factor}) "
                   f"base {r.base_rate:.2f} leakage {r.leakage_feature:.3f} removal {r.removal}", flush=True)
     seconds = time.perf_counter() - start
-    header = (f"PaintBench (toy), model {args.model}, K={args.k} scenes per concept, strength {strength}, "
-              f"step range {list(step_range) if step_range else 'all'}{', outside kept' if args.keep_outside else ''}"
+    painted = "each concept's recipe" if args.mode == "recipe" else \
+        f"strength {strength}, step range {list(step_range) if step_range else 'all'}"
+    header = (f"PaintBench (toy), model {args.model}, K={args.k} scenes per concept, {painted}"
+              f"{', outside kept' if args.keep_outside else ''}"
               f"{'' if args.feature_by == 'write' else f', features by {args.feature_by} score'}"
               f"{'' if args.mode == 'add' else ', mode ' + args.mode}, "
               f"{loaded.profile.steps} steps, "

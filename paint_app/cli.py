@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(features)
     features.add_argument("--block", help="only this block")
     features.add_argument("--search", help="only features whose label holds all these words")
-    features.add_argument("--factors", action="store_true", help="list factors instead of features")
+    listed = features.add_mutually_exclusive_group()
+    listed.add_argument("--factors", action="store_true", help="list factors instead of features")
+    listed.add_argument("--recipes", action="store_true",
+                        help="list each concept's recipe instead: the edit (mode, feature or factor, strength, "
+                             "steps) measured to paint it best on each block, with the share of trials that worked")
     features.add_argument("--rank", choices=("write", "replace", "paste"), default="write",
                           help="order of search results: best painters for add/set layers (write score), for "
                                "replace layers (with a prototype, by replace score) or for paste layers (with an "
@@ -141,15 +145,25 @@ def _features(args: argparse.Namespace) -> int:
     concepts = ConceptLibrary.load(args.sae, profile, device="cpu")
     if not concepts.blocks:
         raise PaintError(f"model {args.model!r} has no SAEs; pass --sae PATH (an SAE folder or hf://...)")
-    rows = concepts.factor_rows(args.block, args.search) if args.factors else \
-        concepts.feature_rows(args.block, args.search, args.rank)
+    if args.block is not None:
+        concepts.get(args.block, "--block")
+    if args.recipes:
+        rows, kind = concepts.recipe_rows(args.block, args.search), "recipe"
+    elif args.factors:
+        rows, kind = concepts.factor_rows(args.block, args.search), "factor"
+    else:
+        rows, kind = concepts.feature_rows(args.block, args.search, args.rank), "feature"
     if args.limit > 0:
         rows = rows[: args.limit]
     if not rows and args.search:
-        print(f"paint-app: no {'factor' if args.factors else 'feature'} label matches {args.search!r}", file=sys.stderr)
+        print(f"paint-app: no {kind} label matches {args.search!r}", file=sys.stderr)
     for row in rows:
         if args.json:
             print(json.dumps(row))
+        elif args.recipes:
+            steps = "every step" if row["step_range"] is None else f"steps {row['step_range']}"
+            print(f"{row['block']}\t{row['concept']}\t{row['edit']} (strength {row['strength']:g}, {steps})\t"
+                  f"{100 * row['score']:.0f}% of trials ({row['tried']} edit{'s' if row['tried'] != 1 else ''} tried)")
         elif args.factors:
             print(f"{row['block']}\tfactor {row['factor']}\t{row['label']}")
         else:

@@ -15,6 +15,7 @@ from sae.factors import Factors, load_factors
 from sae.labels import Label, load_labels
 from sae.model import SAE, resolve_path
 from sae.prototypes import Prototypes, load_prototypes
+from sae.recipes import Recipes, load_recipes
 
 from .errors import ModelError, PaintError
 from .models import ModelProfile
@@ -31,6 +32,7 @@ class BlockConcepts:
     factors: Factors | None = None
     prototypes: Prototypes | None = None  # for ``replace`` edits (``sae prototypes``)
     examples: dict[int, list[dict]] = field(default_factory=dict)  # top examples, for ``paste`` edits
+    recipes: Recipes | None = None  # per concept, the edits tried for painting it, best first
 
     def label(self, feature: int) -> str:
         entry = self.labels.get(feature)
@@ -93,9 +95,11 @@ class ConceptLibrary:
         try:
             prototypes = load_prototypes(folder)
             examples = load_top_examples(folder) if (Path(folder) / TOP_EXAMPLES_NAME).is_file() else {}
+            recipes = load_recipes(folder)
         except SAEError as exc:
             raise ModelError(f"--sae {spec!r}: {exc}") from None
-        entry = BlockConcepts(block, sae, spec, load_labels(folder), load_factors(folder), prototypes, examples)
+        entry = BlockConcepts(block, sae, spec, load_labels(folder), load_factors(folder), prototypes, examples,
+                              recipes)
         self.blocks[block] = entry
         return entry
 
@@ -201,6 +205,26 @@ class ConceptLibrary:
                              "features": {str(f): round(w, 4) for f, w in list(top.items())[:8]},
                              "replace": any(entry.replaceable(f) for f in top),
                              "paste": any(entry.pasteable(f) for f in top)})
+        return rows
+
+    def recipe_rows(self, block: str | None = None, search: str | None = None) -> list[dict]:
+        """One row per concept and block with a recipe (``recipes.json``): the edit measured to paint the
+        concept best there (block, concept, mode, feature or factor, strength, step_range, score, tried: how
+        many edits were tried), best first across blocks when searching."""
+        words = [w for w in (search or "").lower().split() if w]
+        rows = []
+        for name, entry in sorted(self.blocks.items()):
+            if entry.recipes is None or (block is not None and name != block):
+                continue
+            for concept, tried in entry.recipes.edits.items():
+                if not tried or (words and not all(w in concept.lower() for w in words)):
+                    continue
+                best = tried[0]
+                rows.append({"block": name, "concept": concept, "mode": best.mode, "feature": best.feature,
+                             "factor": best.factor, "strength": best.strength, "step_range": best.step_range,
+                             "score": best.score, "tried": len(tried), "edit": best.describe()})
+        if words:
+            rows.sort(key=lambda r: -r["score"])
         return rows
 
 

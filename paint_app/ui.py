@@ -391,6 +391,7 @@ class PaintApp:
             return {"status": notes.text()}
         chosen = state.selected if state.selected is not None else self.engine.concepts.first_concept(self.profile)
         layer = self._add_layer(state, chosen["block"], dict(chosen["concept"]), chosen.get("label", ""))
+        self._follow_recipe(state, layer, chosen, notes)
         notes.info(f"New layer '{layer.name}': paint it on the canvas.")
         return {"state": state, "editor": self.editor(state), **self.panel(state), "status": notes.text()}
 
@@ -609,6 +610,12 @@ class PaintApp:
             notes.warn(f"block is {block_name!r}; allowed: all blocks, {', '.join(sorted(self.engine.concepts.blocks))}")
             return {"status": notes.text()}
         rows = self.palette_rows(state, words, block_name, kind or "features")
+        if not rows and kind == "recipes" and not any(self.engine.concepts.blocks[b].recipes
+                                                      for b in ([block_name] if block_name else self.engine.concepts.blocks)):
+            notes.warn(f"No recipes{' in ' + block_name if block_name else ''}: a recipe is the edit measured to "
+                       "paint a concept best (recipes.json beside an SAE; for the toy model made by `python -m "
+                       "paint_app.toyworld.saes --recipes-only`). Search features or factors instead.")
+            return {"status": notes.text(), "palette_table": []}
         if not rows:
             where = f" in {block_name}" if block_name else ""
             examples = sorted({r["label"] for r in self.engine.concepts.feature_rows() if r["label"]})[:12]
@@ -627,6 +634,11 @@ class PaintApp:
         if kind == "factors":
             return [["factor", r["block"], r["factor"], r["label"], "", "", "yes" if r["replace"] else "",
                      "yes" if r["paste"] else ""] for r in concepts.factor_rows(block, words)]
+        if kind == "recipes":
+            # "paints": the share of the recipe's trials judged to show the concept
+            return [["recipe", r["block"], self.recipe_index(r["block"], r["concept"]), f"{r['concept']}: {r['edit']}",
+                     "", f"{r['score']:.0%}", "yes" if r["mode"] == "replace" else "", "yes" if r["mode"] == "paste" else ""]
+                    for r in concepts.recipe_rows(block, words)]
         if kind == "mine":
             terms = words.lower().split()
             return [["mine", c["block"], i, c["name"], "", "", "", ""] for i, c in enumerate(state.custom)
@@ -640,8 +652,12 @@ class PaintApp:
                  "" if r["write"] is None else f"{r['write']:.2f}", trial_cell(r, "replace"), trial_cell(r, "paste")]
                 for r in concepts.feature_rows(block, words, rank)]
 
+    def recipe_index(self, block: str, concept: str) -> int:
+        return list(self.engine.concepts.blocks[block].recipes.edits).index(concept)
+
     def concept_of_row(self, state: TabState, row: Any) -> dict:
-        """The concept a palette row names: {"block", "concept", "label"}."""
+        """The concept a palette row names: {"block", "concept", "label"}, and for a recipe row "recipe": the
+        edit's {"mode", "strength", "step_range", "score"}."""
         try:
             kind, block, index, label = row[0], row[1], int(float(row[2])), str(row[3])
         except (TypeError, ValueError, IndexError):
@@ -654,10 +670,19 @@ class PaintApp:
             if entry.factors is None or not 0 <= index < entry.factors.n_factors:
                 raise PaintError(f"factor is {index}; block {block} has no such factor")
             return {"block": block, "concept": {"factor": index}, "label": label}
+        if kind == "recipe":
+            concepts = list(entry.recipes.edits) if entry.recipes is not None else []
+            if not 0 <= index < len(concepts) or entry.recipes.best(concepts[index]) is None:
+                raise PaintError(f"recipe is {index}; block {block} has no such recipe")
+            edit = entry.recipes.best(concepts[index])
+            concept = {"feature": edit.feature} if edit.feature is not None else {"factor": edit.factor}
+            return {"block": block, "concept": concept, "label": concepts[index],
+                    "recipe": {"mode": edit.mode, "strength": edit.strength, "score": edit.score,
+                               "step_range": tuple(edit.step_range) if edit.step_range else None}}
         if kind == "mine" and 0 <= index < len(state.custom):
             custom = state.custom[index]
             return {"block": custom["block"], "concept": {"features": dict(custom["features"])}, "label": custom["name"]}
-        raise PaintError(f"palette row kind is {kind!r}; allowed: feature, factor, mine")
+        raise PaintError(f"palette row kind is {kind!r}; allowed: feature, factor, recipe, mine")
 
     def pick_concept(self, state: TabState, row: Any, live: bool = True) -> dict:
         """One click on a palette row: the active layer paints with that concept (a new layer if there is none)."""
@@ -671,21 +696,38 @@ class PaintApp:
         layer = state.active_layer()
         if layer is None:
             self._add_layer(state, chosen["block"], dict(chosen["concept"]), chosen["label"])
+            self._follow_recipe(state, state.active_layer(), chosen, notes)
             notes.info(f"New layer '{state.active_layer().name}': paint it on the canvas.")
             return {"state": state, "editor": self.editor(state), **self.panel(state), "status": notes.text()}
         names = [other.name for i, other in enumerate(state.layers) if i != state.active]
 
         def change(target: CanvasLayer) -> bool:
-            changed = (target.block, target.concept) != (chosen["block"], chosen["concept"])
+            before = (target.block, target.concept, target.mode, target.strength, target.step_range)
             target.block, target.concept = chosen["block"], dict(chosen["concept"])
             target.name = _unique_name(chosen["label"] or canvas.describe_concept(target.block, target.concept), names)
             notes.info(f"Layer {state.active + 1} now paints '{target.name}'.")
+            self._follow_recipe(state, target, chosen, notes)
+            changed = before != (target.block, target.concept, target.mode, target.strength, target.step_range)
             if not self._paintable(chosen, target.mode):
                 notes.info(f"It has {MISSING[target.mode]}, so the layer now adds it.")
                 target.mode = "add"
             return changed
 
         return {"state": state, **self._change_layer(state, notes, live, change)}
+
+    def _follow_recipe(self, state: TabState, layer: CanvasLayer, chosen: dict, notes: Notes) -> None:
+        """A recipe row sets the layer's mode, strength and steps to the recipe's (steps that do not fit the
+        session's become every step)."""
+        recipe = chosen.get("recipe")
+        if recipe is None:
+            return
+        steps = (state.settings or self.default_settings()).steps
+        step_range = recipe["step_range"] if recipe["step_range"] and recipe["step_range"][1] <= steps else None
+        layer.mode, layer.strength, layer.step_range = recipe["mode"], recipe["strength"], step_range
+        shown = "every step" if step_range is None else f"steps {step_range[0]}-{step_range[1]}"
+        notes.info(f"Its recipe: {recipe['mode']} {canvas.describe_concept(layer.block, layer.concept)} at strength "
+                   f"{recipe['strength']:g}, {shown} (judged right in {recipe['score']:.0%} of its trials, the rest "
+                   "of the image kept).")
 
     def preview(self, state: TabState) -> dict:
         """The selected concept painted everywhere on an empty prompt, and the probe images where it is strongest."""
@@ -1004,7 +1046,7 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
                 C["search_text"] = gr.Textbox(label="Search concepts by words", elem_id="palette-search", scale=3)
                 C["search_block"] = gr.Dropdown(app.block_choices(), value="all blocks", label="Block",
                                                 elem_id="palette-block")
-                C["search_kind"] = gr.Radio(["features", "factors", "mine"], value="features", label="Kind",
+                C["search_kind"] = gr.Radio(["features", "factors", "recipes", "mine"], value="features", label="Kind",
                                             elem_id="palette-kind")
                 C["search"] = gr.Button("Search", elem_id="palette-go")
             with gr.Row():

@@ -57,13 +57,14 @@ def settled_image(page, screenshot) -> np.ndarray:
     return shown_image(page)
 
 
-def assert_blue_where_brushed_only(before: np.ndarray, after: np.ndarray) -> None:
-    """Blue inside both strokes' reach (a little in from their edges), and the rest of the image kept (the app's
-    default) beyond it."""
+def assert_blue_where_brushed_only(before: np.ndarray, after: np.ndarray, colour: str = "blue") -> None:
+    """Blue (``colour``) inside both strokes' reach (a little in from their edges), and the rest of the image kept
+    (the app's default) beyond it."""
     brushed = np.zeros((64, 64), bool)
     brushed[4:30, 4:28] = True
-    blue = COLOUR_NAMES.index("blue")
-    assert (classify_pixels(before) == blue)[brushed].mean() < 0.05 < 0.5 < (classify_pixels(after) == blue)[brushed].mean()
+    index = COLOUR_NAMES.index(colour)
+    assert (classify_pixels(before) == index)[brushed].mean() < 0.05 < 0.5 < \
+        (classify_pixels(after) == index)[brushed].mean()
     assert np.array_equal(after[:, 48:], before[:, 48:])
 
 
@@ -109,6 +110,34 @@ def test_a_layer_switched_to_replace_paints_the_features_prototype(chromium, toy
     finally:
         page.context.close()
     assert_blue_where_brushed_only(before, after)
+
+
+def test_a_recipe_from_the_palette_sets_the_layers_edit_and_paints_its_colour(chromium, toy_server, screenshots):
+    """The palette's *recipes* list: yellow's recipe on the late 16x16 block (a ``replace`` of its best replacer,
+    every step) becomes the brushed layer's concept, mode and steps, and the brushed region turns yellow with the
+    rest of the image the plain one."""
+    page = open_page(chromium, toy_server, layer_text="blue")
+    try:
+        before = shown_image(page)
+        old = output_src(page)
+        brush_top_left(page)
+        wait_new_output(page, old)
+        old = settle(page)
+        page.get_by_role("tab", name="Palette").click()
+        page.locator("#palette-kind").get_by_label("recipes").check()
+        page.fill("#palette-search textarea", "yellow")
+        page.press("#palette-search textarea", "Enter")
+        wait_text(page, "#status", "found")
+        pick_row(page, "up_blocks.1.attentions.0", "yellow: replace feature")
+        wait_text(page, "#layer-info", "replaces its block's activations")
+        assert page.locator("#layer-info").inner_text().startswith("yellow")
+        wait_new_output(page, old)
+        assert page.locator("#mode input:checked").input_value() == "replace"
+        assert page.locator("#step-start input").input_value() == ""  # every step
+        after = settled_image(page, screenshots / "toy-recipe.png")
+    finally:
+        page.context.close()
+    assert_blue_where_brushed_only(before, after, "yellow")
 
 
 def test_paste_from_the_mode_radio_and_a_shipped_paste_session(chromium, toy_server, screenshots, tmp_path):

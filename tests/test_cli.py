@@ -97,6 +97,30 @@ def test_features_json_lines_and_search(sae_path, capsys):
     assert [f["factor"] for f in factors] == [0, 1, 2]
 
 
+def test_features_lists_recipes_where_the_sae_has_them(sae_path, tmp_path, capsys):
+    import shutil
+
+    from sae.recipes import Edit, Recipes, save_recipes
+
+    folder = tmp_path / "sae"
+    shutil.copytree(sae_path, folder)
+    args = ["features", "--model", "tiny-random-sd", "--sae", str(folder), "--recipes"]
+    assert paint_app_main(args) == 0 and capsys.readouterr().out == ""  # none yet
+    save_recipes(folder, Recipes({"red thing": [Edit("add", feature=0, strength=8.0, step_range=[1, 2], score=0.5)],
+                                  "blue thing": [Edit("replace", factor=1, score=1.0)]}))
+    assert paint_app_main([*args, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["concept"], r["edit"], r["score"]) for r in rows] == [("red thing", "add feature 0", 0.5),
+                                                                      ("blue thing", "replace factor 1", 1.0)]
+    assert paint_app_main([*args, "--search", "thing"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("blue thing\treplace factor 1 (strength 1, every step)\t100% of trials (1 edit tried)")
+    assert "add feature 0 (strength 8, steps [1, 2])" in lines[1]
+    with pytest.raises(SystemExit):
+        paint_app_main([*args, "--factors"])
+    assert "not allowed with argument --recipes" in capsys.readouterr().err
+
+
 def test_sae_info(sae_path, capsys):
     assert sae_main(["info", str(sae_path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

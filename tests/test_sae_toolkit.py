@@ -179,6 +179,31 @@ def test_labels_keep_optional_write_replace_and_paste_scores(tmp_path):
         load_labels(tmp_path)
 
 
+def test_recipes_round_trip_best_first_and_bad_files_name_the_field(tmp_path):
+    from sae.recipes import Edit, Recipes, load_recipes, save_recipes
+
+    assert load_recipes(tmp_path) is None
+    recipes = Recipes({"pink": [Edit("replace", factor=30, score=0.75), Edit("add", feature=49, strength=32.0,
+                                                                             step_range=[2, 8], score=0.5)],
+                       "dotted": []}, trials=8, source="test")
+    save_recipes(tmp_path, recipes)
+    loaded = load_recipes(tmp_path)
+    assert loaded == recipes
+    assert loaded.best("pink").describe() == "replace factor 30" and loaded.best("dotted") is None
+    data = json.loads((tmp_path / "recipes.json").read_text())
+    for change, message in ((dict(mode="blend"), r"recipes.pink\[0\].mode is 'blend'; allowed: add, set"),
+                            (dict(feature=3), r"recipes.pink\[0\] names both a feature and a factor"),
+                            (dict(step_range=[5, 2]), r"recipes.pink\[0\].step_range is \[5, 2\]")):
+        broken = json.loads(json.dumps(data))
+        broken["recipes"]["pink"][0].update(change)
+        (tmp_path / "recipes.json").write_text(json.dumps(broken))
+        with pytest.raises(SAEError, match=message):
+            load_recipes(tmp_path)
+    (tmp_path / "recipes.json").write_text("{")
+    with pytest.raises(SAEError, match="not a valid recipes file"):
+        load_recipes(tmp_path)
+
+
 def test_training_recovers_a_planted_dictionary(tmp_path):
     atoms, x = planted_dictionary()
     save_activations(tmp_path / "acts", x, shard_size=4096)

@@ -405,6 +405,49 @@ def test_shipped_labels_hold_replace_and_paste_scores_and_the_cli_ranks_by_them(
     assert rows[0]["replace"] and rows[0]["replace_score"] == best and best >= 0.75
 
 
+def test_shipped_recipes_name_paintable_edits_best_first_and_the_cli_lists_them(toy, capsys):
+    from paint_app.cli import main as paint_app_main
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.toyworld.bench import concepts_to_paint, recipe_order
+
+    concepts = ConceptLibrary.load([], toy.profile)
+    for block, entry in concepts.blocks.items():
+        assert entry.recipes is not None and set(entry.recipes.edits) == set(concepts_to_paint()), block
+        for concept, tried in entry.recipes.edits.items():
+            assert tried == sorted(tried, key=recipe_order) and all(0 <= e.score <= 1 for e in tried)
+            for edit in tried:
+                features = [edit.feature] if edit.feature is not None else entry.factors.features_of(edit.factor)
+                assert any(entry.can_paint(f, edit.mode) for f in features), (block, concept, edit)
+                if edit.feature is not None:
+                    assert entry.labels[edit.feature].label == concept
+                else:
+                    assert entry.factors.labels[edit.factor] in (concept, f"{concept} (nmf)")
+    assert paint_app_main(["features", "--model", "toy", "--recipes", "--search", "pink", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {row["block"] for row in rows} == set(concepts.blocks) and all(row["concept"] == "pink" for row in rows)
+    assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
+
+
+def test_paintbench_paints_each_concepts_recipe_and_keeps_the_rest(toy):
+    """PaintBench's recipe mode on the late block: the recipes of yellow (a replace), blue (an add) and striped (a
+    paste) each paint their concept into both of their first two rectangles, and nothing beyond one latent cell of
+    the rectangle changes (the rest kept)."""
+    from paint_app.concepts import ConceptLibrary
+    from paint_app.engine import Engine
+    from paint_app.toyworld.bench import Bench
+
+    concepts = ConceptLibrary.load([], toy.profile)
+    bench = Bench(Engine(toy, concepts), Judges.load(), toy.profile.layer_strength, 2, keep_outside=True,
+                  mode="recipe")
+    block = "up_blocks.1.attentions.0"
+    for concept in ("yellow", "blue", "striped"):
+        result = bench.run_concept(block, concept)
+        best = concepts.blocks[block].recipes.best(concept)
+        assert result.edit == best.describe() and result.feature_score == best.score
+        assert result.success_feature == 1.0 and result.base_rate == 0.0, (concept, result)
+        assert result.far_leakage_feature == 0.0, (concept, result)
+
+
 def test_write_scores_are_the_cosine_of_the_painted_direction_with_the_concept(toy):
     from paint_app.concepts import ConceptLibrary
     from paint_app.toyworld.labels import write_scores

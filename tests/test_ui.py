@@ -336,6 +336,35 @@ def test_a_replace_layers_palette_lists_the_best_replacers_first(app, state):
         entry.prototypes = saved_prototypes
 
 
+def test_a_recipe_row_paints_its_edit_with_its_mode_strength_and_steps(app, state):
+    from sae.recipes import Edit, Recipes
+
+    entry = app.engine.concepts.blocks[BLOCK]
+    entry.recipes = Recipes({"blue thing": [Edit("set", feature=3, strength=7.0, step_range=[1, 3], score=0.75),
+                                            Edit("add", feature=1, score=0.5)],
+                             "red thing": [Edit("add", factor=1, strength=4.0, step_range=[2, 99], score=0.25)]})
+    try:
+        rows = app.search(state, "thing", "all blocks", "recipes")["palette_table"]
+        assert [(row[0], row[1], row[3], row[5]) for row in rows] == [
+            ("recipe", BLOCK, "blue thing: set feature 3", "75%"), ("recipe", BLOCK, "red thing: add factor 1", "25%")]
+        painted(app, state)
+        result = app.pick_concept(state, rows[0], True)
+        layer = state.layers[0]
+        assert (layer.concept, layer.mode, layer.strength, layer.step_range) == ({"feature": 3}, "set", 7.0, (1, 3))
+        assert "output" in result and "judged right in 75%" in result["status"]
+        app.pick_concept(state, rows[1], True)  # steps beyond the session's: every step
+        assert (layer.concept, layer.mode, layer.strength, layer.step_range) == ({"factor": 1}, "add", 4.0, None)
+        with pytest.warns(UserWarning, match="recipe is 5"):
+            app.pick_concept(state, ["recipe", BLOCK, 5, "nothing"], True)
+        assert layer.concept == {"factor": 1}
+    finally:
+        entry.recipes = None
+    with pytest.warns(UserWarning, match="recipe is 0"):
+        app.pick_concept(state, ["recipe", BLOCK, 0, "blue thing"], True)
+    with pytest.warns(UserWarning, match="No recipes in down_blocks.0.attentions.0: a recipe is the edit measured"):
+        assert app.search(state, "", BLOCK, "recipes")["palette_table"] == []
+
+
 def test_palette_search_pick_and_preview(app, state):
     result = app.search(state, "blue", "all blocks", "features")
     assert {row[1] for row in result["palette_table"]} == {BLOCK, MID}

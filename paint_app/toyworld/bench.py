@@ -36,10 +36,11 @@ import numpy as np
 
 from paint_app.engine import Engine
 from paint_app.session import Layer, Mask, Session
+from sae.recipes import Edit
 
 from .evaluate import object_region
 from .judges import Judges, colour_fractions
-from .labels import CONCEPT_KIND, best_labelled
+from .labels import CONCEPT_KIND, TRIAL_MODES, best_labelled
 from .world import COLOUR_NAMES, SHAPES, TEXTURES, Scene, caption, scene_for_seed
 
 BENCH_SEED_BASE = 50_000_000
@@ -71,6 +72,7 @@ class Result:
     erased_background: float | None = None  # erase trials: share of the object's box judged background after
     base_background: float | None = None  # ... and before
     feature_replace: float | None = None  # the painted feature's replace (in paste mode: paste) score, if any
+    edit: str | None = None  # in recipe mode: the concept's recipe, e.g. "replace factor 30"
 
 
 def best_feature(concepts, block: str, concept: str, by: str = "write",
@@ -176,35 +178,61 @@ class Bench:
         return self.judges.judge(kind, image, mask)[0]
 
     def run_concept(self, block: str, concept: str) -> Result:
+        if self.mode == "recipe":
+            return self.run_recipe(block, concept)
         kind = CONCEPT_KIND[concept]
         feature, score, write = best_feature(self.engine.concepts, block, concept, self.feature_by, mode=self.mode)
         factor = best_factor(self.engine.concepts, block, concept, self.mode)
-        hits = {"feature": [], "factor": [], "base": []}
-        leaks = {"feature": [], "factor": []}
-        far = {"feature": [], "factor": []}
-        for prompt, seed, rect, mask in paint_trials(concept, self.k, BENCH_SEED_BASE):
-            base = self.image(prompt, seed)
-            hits["base"].append(self.judged(kind, base, mask) == concept)
-            for name, spec in (("feature", {"feature": feature}), ("factor", {"factor": factor})):
-                if spec[name] is None:
-                    continue
-                layer = Layer(block=block, mask=Mask(rects=[rect]), strength=self.strength, step_range=self.step_range,
-                              mode=self.mode, **spec)
-                painted = self.image(prompt, seed, [layer])
-                hits[name].append(self.judged(kind, painted, mask) == concept)
-                leaks[name].append(leakage(base, painted, mask))
-                far[name].append(leakage(base, painted, mask, EDGE_PX))
+        painted = {name: self.trials(concept, None if index is None else
+                                     dict(block=block, strength=self.strength, step_range=self.step_range,
+                                          mode=self.mode, **{name: index}))
+                   for name, index in (("feature", feature), ("factor", factor))}
         removal, n_erase, after, before = self.erase(block, concept, feature) if feature is not None else \
             (None, 0, None, None)
         label = None if feature is None else self.engine.concepts.blocks[block].labels[feature]
         replace_score = None if label is None else label.paste if self.mode == "paste" else label.replace
-        return Result(block, concept, kind, feature, score, factor, mean(hits["feature"]) or 0.0,
-                      mean(hits["factor"]), mean(hits["base"]) or 0.0, mean(leaks["feature"]) or 0.0,
-                      mean(leaks["factor"]), removal, self.k, n_erase, mean(far["feature"]), mean(far["factor"]),
-                      write, after, before, replace_score)
+        (hits, leaks, far), base = painted["feature"], self.base_hits(concept)
+        factor_hits, factor_leaks, factor_far = painted["factor"]
+        return Result(block, concept, kind, feature, score, factor, mean(hits) or 0.0, mean(factor_hits),
+                      mean(base) or 0.0, mean(leaks) or 0.0, mean(factor_leaks), removal, self.k, n_erase, mean(far),
+                      mean(factor_far), write, after, before, replace_score)
 
-    def erase(self, block: str, concept: str, feature: int) -> tuple[float | None, int, float | None, float | None]:
-        """(removal, trials, the box's background share after, before) over the concept's erase trials."""
+    def run_recipe(self, block: str, concept: str) -> Result:
+        """Paint the concept's recipe (its best edit in ``recipes.json``); erase by painting the background over
+        the object with ``replace``."""
+        entry = self.engine.concepts.blocks[block]
+        edit = entry.recipes.best(concept) if entry.recipes is not None else None
+        fields = None if edit is None else dict(block=block, mode=edit.mode, strength=edit.strength,
+                                                feature=edit.feature, factor=edit.factor,
+                                                step_range=tuple(edit.step_range) if edit.step_range else None)
+        hits, leaks, far = self.trials(concept, fields)
+        removal, n_erase, after, before = self.erase(block, concept, None, "replace")
+        return Result(block, concept, CONCEPT_KIND[concept], None if edit is None else edit.feature,
+                      0.0 if edit is None else edit.score, None, mean(hits) or 0.0, None,
+                      mean(self.base_hits(concept)) or 0.0, mean(leaks) or 0.0, None, removal, self.k, n_erase,
+                      mean(far), None, None, after, before, None, None if edit is None else edit.describe())
+
+    def base_hits(self, concept: str) -> list[bool]:
+        """Whether each trial's unpainted image already shows the concept inside the rectangle."""
+        return [self.judged(CONCEPT_KIND[concept], self.image(prompt, seed), mask) == concept
+                for prompt, seed, _, mask in paint_trials(concept, self.k, BENCH_SEED_BASE)]
+
+    def trials(self, concept: str, fields: dict | None) -> tuple[list[bool], list[float], list[float]]:
+        """(judged the concept, leakage, leakage beyond EDGE_PX) of each trial painted with a layer of ``fields``
+        (none where ``fields`` is None)."""
+        hits, leaks, far = [], [], []
+        for prompt, seed, rect, mask in paint_trials(concept, self.k, BENCH_SEED_BASE) if fields else []:
+            base = self.image(prompt, seed)
+            painted = self.image(prompt, seed, [Layer(mask=Mask(rects=[rect]), **fields)])
+            hits.append(self.judged(CONCEPT_KIND[concept], painted, mask) == concept)
+            leaks.append(leakage(base, painted, mask))
+            far.append(leakage(base, painted, mask, EDGE_PX))
+        return hits, leaks, far
+
+    def erase(self, block: str, concept: str, feature: int | None,
+              mode: str | None = None) -> tuple[float | None, int, float | None, float | None]:
+        """(removal, trials, the box's background share after, before) over the concept's erase trials, erasing
+        as ``eraser`` does in ``mode`` (default: the bench's)."""
         kind = CONCEPT_KIND[concept]
         removed, after, before = [], [], []
         for i in range(self.k):
@@ -214,7 +242,7 @@ class Bench:
             if region is None or self.judged(kind, base, region) != concept:
                 continue
             rect = region_rect(region)
-            layer = self.eraser(block, feature, scene.background, rect)
+            layer = self.eraser(block, feature, scene.background, rect, mode or self.mode)
             if layer is None:
                 continue
             painted = self.image(prompt, seed, [layer])
@@ -224,16 +252,17 @@ class Bench:
             before.append(colour_fractions(base, box)["background"])
         return mean(removed), len(removed), mean(after), mean(before)
 
-    def eraser(self, block: str, feature: int, background: str, rect: list[int]) -> Layer | None:
+    def eraser(self, block: str, feature: int | None, background: str, rect: list[int], mode: str) -> Layer | None:
         """The layer that erases: the feature's ``erase``, or in replace and paste modes the scene's background
         painted over the object (its best-reading feature that the mode can paint; None where there is none)."""
-        if self.mode not in ("replace", "paste"):
+        if mode not in ("replace", "paste"):
             return Layer(block=block, mask=Mask(rects=[rect]), feature=feature, mode="erase",
                          step_range=self.step_range)
-        ground = best_feature(self.engine.concepts, block, background, "read", mode=self.mode)[0]
+        ground = best_feature(self.engine.concepts, block, background, "read", mode=mode)[0]
         if ground is None:
             return None
-        return Layer(block=block, mask=Mask(rects=[rect]), feature=ground, mode=self.mode, step_range=self.step_range)
+        step_range = None if self.mode == "recipe" else self.step_range
+        return Layer(block=block, mask=Mask(rects=[rect]), feature=ground, mode=mode, step_range=step_range)
 
 
 def trial_scores(engine: Engine, judges: Judges, block: str, mode: str = "replace", trials: int = 8,
@@ -258,6 +287,63 @@ def trial_scores(engine: Engine, judges: Judges, block: str, mode: str = "replac
                 hits[feature].append(bench.judged(CONCEPT_KIND[concept], painted, mask) == concept)
         scores.update({feature: float(np.mean(found)) for feature, found in hits.items()})
     return scores
+
+
+RECIPE_MODES = ("add", "replace", "paste")
+
+
+def recipe_trials(engine: Engine, judges: Judges, block: str, trials: int = 8, candidates: int = 8,
+                  concepts: list[str] | None = None, progress: bool = True) -> dict[str, list[Edit]]:
+    """The edits tried for painting each colour, texture and shape on ``block``, best first (``sae.recipes``).
+
+    Tried, each on the same ``trials`` rectangles of scenes lacking the concept as ``trial_scores`` (the labels'
+    seeds, the rest kept):
+    - ``add``: the concept's ``candidates`` best-reading labelled features and its best writer, at the model's
+      default strength and step range for a new layer;
+    - ``replace`` and ``paste``: the labelled features whose score of that name ``trial_scores`` measured (read
+      from the labels, not measured again);
+    - every factor labelled with the concept (its ground-truth factor and the NMF factors named after it) in
+      each of those modes that can paint it (add at the defaults, replace and paste at every step).
+    Ties go to the cheaper edit: add before replace before paste, a feature before a factor."""
+    from tqdm.auto import tqdm
+
+    profile = engine.model.profile
+    bench = Bench(engine, judges, strength=1.0, k=trials, keep_outside=True)
+    entry = engine.concepts.blocks[block]
+    add_range = list(profile.layer_step_range) if profile.layer_step_range else None
+    recipes: dict[str, list[Edit]] = {}
+    for concept in tqdm(concepts or concepts_to_paint(), desc=f"recipes {block}", disable=not progress):
+        labelled = [f for f, label in entry.labels.items() if label.label == concept]
+        by_read = sorted(labelled, key=lambda f: (-entry.labels[f].score, f))[:candidates]
+        writer = best_labelled(entry.labels, concept, "write")
+        to_try = [Edit("add", feature=f, strength=profile.layer_strength, step_range=add_range)
+                  for f in dict.fromkeys([*by_read, *([writer] if writer is not None else [])])]
+        names = (concept, f"{concept} (nmf)")
+        factors = [i for i, label in enumerate(entry.factors.labels) if label in names] if entry.factors else []
+        for factor in factors:
+            top = entry.factors.features_of(factor)
+            to_try.append(Edit("add", factor=factor, strength=profile.layer_strength, step_range=add_range))
+            to_try += [Edit(mode, factor=factor) for mode in TRIAL_MODES if any(entry.can_paint(f, mode) for f in top)]
+        hits: list[list[bool]] = [[] for _ in to_try]
+        for prompt, seed, rect, mask in paint_trials(concept, trials, TRIAL_SEED_BASE) if to_try else []:
+            for edit, found in zip(to_try, hits):
+                layer = Layer(block=block, mask=Mask(rects=[rect]), feature=edit.feature, factor=edit.factor,
+                              mode=edit.mode, strength=edit.strength,
+                              step_range=tuple(edit.step_range) if edit.step_range else None)
+                painted = bench.image(prompt, seed, [layer])
+                found.append(bench.judged(CONCEPT_KIND[concept], painted, mask) == concept)
+        for edit, found in zip(to_try, hits):
+            edit.score = round(float(np.mean(found)), 4)
+        for mode in TRIAL_MODES:
+            to_try += [Edit(mode, feature=f, score=getattr(entry.labels[f], mode)) for f in labelled
+                       if getattr(entry.labels[f], mode) is not None]
+        recipes[concept] = sorted(to_try, key=recipe_order)
+    return recipes
+
+
+def recipe_order(edit: Edit) -> tuple:
+    """Best first: by score, then the cheaper edit (add, replace, paste; a feature before a factor)."""
+    return (-edit.score, RECIPE_MODES.index(edit.mode), edit.feature is None, edit.feature or 0, edit.factor or 0)
 
 
 def erase_scene(kind: str, concept: str, i: int) -> tuple[Scene, str, int]:
@@ -289,8 +375,10 @@ def table(results: list[Result]) -> str:
         write = "" if r.feature_write is None else f", {r.feature_write:.2f}"
         write += "" if r.feature_replace is None else f", {r.feature_replace:.2f}"
         feature = "-" if r.feature is None else f"{r.feature} ({r.feature_score:.2f}{write})"
+        if r.edit is not None:
+            feature = f"{r.edit} ({r.feature_score:.2f} in its trials)"
         removal = "-" if r.removal is None else f"{fmt(r.removal)} of {r.n_erase}"
-        has_feature = r.feature is not None
+        has_feature = r.feature is not None or r.edit is not None
         lines.append(f"| {r.block} | {r.concept} | {feature} | {fmt(r.success_feature if has_feature else None)} | "
                      f"{fmt(r.success_factor)} | {fmt(r.base_rate)} | {fmt(r.leakage_feature if has_feature else None)} | "
                      f"{fmt(r.leakage_factor)} | {removal} |")
@@ -302,16 +390,19 @@ def mean(values: list) -> float | None:
 
 
 def summary(results: list[Result]) -> list[dict]:
-    """Per block: mean success per kind (best feature, and best factor as ``<kind>_factor``), leakage, removal."""
+    """Per block: mean success per kind (best feature, and best factor as ``<kind>_factor``) over the concepts
+    that had one to paint (``<kind>_unpainted`` lists the others), leakage, removal."""
     rows = []
     for block in sorted({r.block for r in results}):
         row: dict = {"block": block}
         mine = [r for r in results if r.block == block]
         for kind in PAINTED_KINDS:
-            row[kind] = mean([r.success_feature for r in mine if r.kind == kind and r.feature is not None])
+            row[kind] = mean([r.success_feature for r in mine if r.kind == kind and painted(r)])
+            row[f"{kind}_unpainted"] = [r.concept for r in mine if r.kind == kind and not painted(r)]
             row[f"{kind}_factor"] = mean([r.success_factor for r in mine
                                           if r.kind == kind and r.success_factor is not None])
-        row["leakage"] = mean([r.leakage_feature for r in mine if r.feature is not None])
+        row["leakage"] = mean([r.leakage_feature for r in mine if painted(r)])
+        row["recipes"] = any(r.edit is not None for r in mine)
         row["leakage_factor"] = mean([r.leakage_factor for r in mine if r.leakage_factor is not None])
         row["far_leakage"] = mean([r.far_leakage_feature for r in mine if r.far_leakage_feature is not None])
         row["far_leakage_factor"] = mean([r.far_leakage_factor for r in mine if r.far_leakage_factor is not None])
@@ -324,6 +415,17 @@ def summary(results: list[Result]) -> list[dict]:
     return rows
 
 
+def painted(r: Result) -> bool:
+    """Whether the result's concept had a feature (or recipe) to paint."""
+    return r.feature is not None or r.edit is not None
+
+
+def success(row: dict, kind: str) -> str:
+    """A summary row's success for ``kind``, naming the concepts it had nothing to paint with."""
+    unpainted = row.get(f"{kind}_unpainted")  # absent from older runs
+    return fmt(row[kind]) + (f" (none for {', '.join(unpainted)})" if unpainted else "")
+
+
 def summary_table(rows: list[dict]) -> str:
     lines = ["| block | painted with | colour success | texture success | shape success | leakage | "
              f"leakage beyond {EDGE_PX} px | removal (erase) | erased box: background after (before) |",
@@ -331,8 +433,9 @@ def summary_table(rows: list[dict]) -> str:
     for row in rows:
         after, before = row.get("erased_background"), row.get("base_background")  # absent from older runs
         box = "-" if after is None else f"{fmt(after)} ({fmt(before)})"
-        lines.append(f"| {row['block']} | best feature | {fmt(row['colour'])} | {fmt(row['texture'])} | "
-                     f"{fmt(row['shape'])} | {fmt(row['leakage'])} | {fmt(row['far_leakage'])} | "
+        first = "recipe" if row.get("recipes") else "best feature"
+        lines.append(f"| {row['block']} | {first} | {success(row, 'colour')} | {success(row, 'texture')} | "
+                     f"{success(row, 'shape')} | {fmt(row['leakage'])} | {fmt(row['far_leakage'])} | "
                      f"{fmt(row['removal'])} | {box} |")
         lines.append(f"| {row['block']} | best factor | {fmt(row['colour_factor'])} | {fmt(row['texture_factor'])} | "
                      f"{fmt(row['shape_factor'])} | {fmt(row['leakage_factor'])} | "

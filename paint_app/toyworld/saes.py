@@ -7,10 +7,12 @@
 3. ground-truth labels (``paint_app.toyworld.labels``) for features and factors;
 4. ``sae prototypes`` over the first ``--prototype-prompts`` captions (for ``replace`` edits), then each
    colour, texture and shape's best readers' replace and paste scores (``bench.trial_scores``) into
-   ``labels.json``;
+   ``labels.json``; then each concept's recipes (``bench.recipe_trials``: every edit tried, best first) into
+   ``recipes.json``;
 5. ``paint_app.json`` lists the blocks that now carry SAEs.
 
-``--prototypes-only`` redoes step 4 for SAEs already in ``--out``; ``--scores-only`` only its scores.
+``--prototypes-only`` redoes step 4 for SAEs already in ``--out``; ``--scores-only`` only its scores and
+recipes; ``--recipes-only`` only the recipes.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only make the prototypes of the SAEs already in --out")
     parser.add_argument("--scores-only", action="store_true",
                         help="only measure the replace and paste scores of the SAEs already in --out")
+    parser.add_argument("--recipes-only", action="store_true",
+                        help="only try the edits of each concept's recipes (the replace and paste scores kept)")
     parser.add_argument("--trials", type=int, default=8, help="trial edits per feature for its replace/paste score")
     parser.add_argument("--candidates", type=int, default=8,
                         help="features per concept (its best readers the mode can paint) given a score")
@@ -87,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.blocks:
         args.blocks = DEFAULT_BLOCKS[text_entry_of(pipe.unet.config)]
     existing = [b for b in args.blocks if (args.out / b / "sae.safetensors").exists()]
-    if args.prototypes_only or args.scores_only:
+    if args.prototypes_only or args.scores_only or args.recipes_only:
         for block in existing:
             if args.prototypes_only:
                 make_prototypes(args, args.out / block, write_prompts(args))
-            score_trials(args, block, args.out / block)
+            score_trials(args, block, args.out / block, recipes_only=args.recipes_only)
         return 0
     if existing and not args.overwrite:
         print(f"saes: error: {args.out} already holds SAEs for {', '.join(existing)}; pass --overwrite",
@@ -136,22 +140,33 @@ def make_prototypes(args: argparse.Namespace, folder: Path, prompt_file: Path) -
             "--limit", str(args.prototype_prompts), "--device", "cpu")
 
 
-def score_trials(args: argparse.Namespace, block: str, folder: Path) -> None:
-    """Measure the replace and paste scores of the SAE in ``folder`` and write them into its labels."""
+def score_trials(args: argparse.Namespace, block: str, folder: Path, recipes_only: bool = False) -> None:
+    """Measure the replace and paste scores of the SAE in ``folder`` and write them into its labels; then try
+    each concept's edits and write its recipes."""
     from paint_app.concepts import ConceptLibrary
     from paint_app.engine import Engine
     from paint_app.models import load_model
+    from sae.recipes import Recipes, save_recipes
 
-    from .bench import trial_scores
+    from .bench import BENCH_SEED_BASE, TRIAL_SEED_BASE, recipe_trials, trial_scores
     from .judges import Judges
 
     loaded = load_model(args.model, device="cpu")
-    engine = Engine(loaded, ConceptLibrary.load([f"{block}={folder}"], loaded.profile))
-    for mode in TRIAL_MODES:
-        scores = trial_scores(engine, Judges.load(), block, mode, args.trials, args.candidates)
+
+    def engine() -> Engine:  # loaded again after the labels change
+        return Engine(loaded, ConceptLibrary.load([f"{block}={folder}"], loaded.profile))
+
+    for mode in () if recipes_only else TRIAL_MODES:
+        scores = trial_scores(engine(), Judges.load(), block, mode, args.trials, args.candidates)
         scored = set_trial_scores(folder, scores, mode)
         print(json.dumps({"block": block, "mode": mode, "scored": scored,
                           "mean_score": round(sum(scores.values()) / max(1, len(scores)), 4)}), flush=True)
+    edits = recipe_trials(engine(), Judges.load(), block, args.trials, args.candidates)
+    source = (f"ground-truth judges on {args.trials} trial rectangles per concept (seeds from {TRIAL_SEED_BASE}, "
+              f"disjoint from PaintBench's {BENCH_SEED_BASE}), the rest of the image kept")
+    save_recipes(folder, Recipes(edits, args.trials, source))
+    print(json.dumps({"block": block, "recipes": {c: f"{e[0].describe()} {e[0].score:.2f}" for c, e in edits.items()
+                                                  if e}}), flush=True)
 
 
 def write_blocks(defaults_file: Path, sae_dir: Path, roles: dict[str, str]) -> None:
