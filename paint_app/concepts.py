@@ -47,11 +47,11 @@ class BlockConcepts:
         return pasteable_record(self.examples.get(feature)) is not None
 
     def can_paint(self, feature: int, mode: str) -> bool:
-        """Whether a layer of ``mode`` can paint the feature: ``replace`` needs a prototype, ``paste`` an example,
-        the other modes nothing."""
+        """Whether a layer of ``mode`` can paint the feature: ``replace`` needs a prototype, ``paste`` and ``fill``
+        an example, the other modes nothing."""
         if mode == "replace":
             return self.replaceable(feature)
-        return self.pasteable(feature) if mode == "paste" else True
+        return self.pasteable(feature) if mode in ("paste", "fill") else True
 
 
 class ConceptLibrary:

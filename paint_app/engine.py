@@ -22,7 +22,7 @@ from .concepts import ConceptLibrary
 from .errors import ModelError, PaintError
 from .models import LoadedModel
 from .session import Session
-from .steering import Edit, Plan, apply_plan, keep_outside, painted_cover, paste_outside
+from .steering import EXAMPLE_MODES, Edit, Plan, apply_plan, keep_outside, painted_cover, paste_outside
 from .step_cache import StepCache
 
 PROMPT_CACHE_SIZE = 64
@@ -122,9 +122,9 @@ class Engine:
             return Generation(image, time.perf_counter() - start, cached)
 
     def _make_pastes(self, plan: Plan, session: Session) -> None:
-        """Fill ``plan.pasted``: each ``paste`` edit's example (made once per feature and settings, then cached),
-        moved onto its mask."""
-        pastes = [(i, edit) for i, edit in enumerate(plan.edits) if edit.mode == "paste"]
+        """Fill ``plan.pasted``: each ``paste`` (``fill``) edit's example (made once per feature and settings, then
+        cached), moved onto its mask (averaged over its window over the whole mask)."""
+        pastes = [(i, edit) for i, edit in enumerate(plan.edits) if edit.mode in EXAMPLE_MODES]
         if pastes:
             plan.validate()
         for i, edit in pastes:
@@ -139,11 +139,12 @@ class Engine:
                         num_inference_steps=session.steps, guidance_scale=session.guidance, height=session.height,
                         width=session.width)
                 except SAEError as exc:
-                    raise ModelError(f"layers[{i}].mode is 'paste': {exc}") from None
+                    raise ModelError(f"layers[{i}].mode is {edit.mode!r}: {exc}") from None
                 while len(self._examples) > EXAMPLE_CACHE_SIZE:
                     self._examples.popitem(last=False)
             self._examples.move_to_end(key)
-            plan.pasted[i] = self._examples[key].moved(edit.mask)
+            example = self._examples[key]
+            plan.pasted[i] = example.filled(edit.mask) if edit.mode == "fill" else example.moved(edit.mask)
 
     def _run(self, session: Session, embeds: dict, generator: torch.Generator, on_step_end=None):
         extra = {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]} \

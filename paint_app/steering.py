@@ -11,6 +11,9 @@ With mask m (on the block's grid), strength s, feature f (decoder direction d_f,
   made again with the run's settings (``sae.exemplars``), at the SAE's block and every later block of its grid or
   finer, and the mask is narrowed to the window w where the feature fires in it; both are moved by whole cells so
   the window is centred on the mask: h_out = h_out + m * w * (E_t - h_out); the strength is not used
+- fill: the paste edit's example averaged over its window at each step, written over the whole mask:
+  h_out = h_out + m * (mean_w E_t - h_out); like replace, but the value is one real object's (a colour in one
+  piece) instead of a mean over many images' cells
 z_f is the SAE code of the block's site (``delta`` = h_out - h_in, or ``output`` = h_out) before any edit.
 All edits on a block are computed from the unedited activations and add up.
 With ``keep_outside`` the engine also blends, after every step, the latents with the unpainted run's outside
@@ -38,8 +41,9 @@ from sae.prototypes import Prototypes
 
 from .errors import ModelError, PaintError
 
-MODES = ("add", "set", "erase", "replace", "paste")
-OVERWRITING = ("replace", "paste")  # modes whose edits overwrite blocks (BlockReplacer), not add to one
+MODES = ("add", "set", "erase", "replace", "paste", "fill")
+OVERWRITING = ("replace", "paste", "fill")  # modes whose edits overwrite blocks (BlockReplacer), not add to one
+EXAMPLE_MODES = ("paste", "fill")  # modes that write a feature's top example made again (``sae.exemplars``)
 
 
 @dataclass
@@ -81,13 +85,14 @@ class Plan:
     saes: dict[str, SAE] = field(default_factory=dict)
     prototypes: dict[str, Prototypes] = field(default_factory=dict)  # by SAE block, for ``replace`` edits
     steps: int | None = None  # denoising steps of the run (maps a step to a prototype's step)
-    # for ``paste`` edits, by the edit's index: per block, (the example's outputs moved [steps, rows, C, H, W],
-    # its window moved [H, W]) (``sae.exemplars.Example.moved``; the engine makes them)
+    # for ``paste`` (``fill``) edits, by the edit's index: per block, (the example's outputs moved [steps, rows,
+    # C, H, W], its window moved [H, W]) (``sae.exemplars.Example.moved``, ``.filled``; the engine makes them)
     pasted: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
     examples: dict[str, dict[int, list[dict]]] = field(default_factory=dict)  # by SAE block: top-example records
 
     def paste_feature(self, edit: Edit) -> int | None:
-        """The feature a ``paste`` edit pastes an example of: its heaviest feature with a pasteable record."""
+        """The feature a ``paste`` or ``fill`` edit writes an example of: its heaviest feature with a pasteable
+        record."""
         records = self.examples.get(edit.block) or {}
         usable = [(w, f) for f, w in zip(edit.features, edit.weights) if w > 0 and pasteable_record(records.get(f))]
         return max(usable, key=lambda pair: (pair[0], -pair[1]))[1] if usable else None
@@ -103,7 +108,7 @@ class Plan:
             if edit.mode == "replace":
                 for block, prototype in self.prototypes[edit.block].concept(edit.features, edit.weights).items():
                     result.setdefault(block, []).append((edit, prototype, None))
-            elif edit.mode == "paste":
+            elif edit.mode in EXAMPLE_MODES:
                 for block, (example, window) in self.pasted[i].items():
                     result.setdefault(block, []).append((edit, example, window))
         return result
@@ -122,8 +127,8 @@ class Plan:
                 sae.check_feature(feature, f"layers[{i}] feature")
             if edit.mode == "replace":
                 self._check_prototypes(i, edit)
-            if edit.mode == "paste" and self.paste_feature(edit) is None:
-                raise ModelError(f"layers[{i}].mode is 'paste' but feature(s) {', '.join(map(str, edit.features))} "
+            if edit.mode in EXAMPLE_MODES and self.paste_feature(edit) is None:
+                raise ModelError(f"layers[{i}].mode is {edit.mode!r} but feature(s) {', '.join(map(str, edit.features))} "
                                  f"of block {edit.block!r} have no top example with a prompt and seed to make again "
                                  "(top_examples.json beside the SAE; make it with `sae top-examples`); "
                                  "use mode add, set, erase or replace")
@@ -362,10 +367,10 @@ def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator
         yield StepCounter()
         return
     plan.validate()
-    missing = [i for i, edit in enumerate(plan.edits) if edit.mode == "paste" and i not in plan.pasted]
+    missing = [i for i, edit in enumerate(plan.edits) if edit.mode in EXAMPLE_MODES and i not in plan.pasted]
     if missing:
-        raise ModelError(f"layers[{missing[0]}].mode is 'paste' but its example was not made (Engine.generate "
-                         "makes it)")
+        raise ModelError(f"layers[{missing[0]}].mode is {plan.edits[missing[0]].mode!r} but its example was not "
+                         "made (Engine.generate makes it)")
     counter = StepCounter()
     hooks = {}
     for block in plan.blocks():

@@ -60,8 +60,9 @@ NO_PROTOTYPE = ("mode 'replace' needs a prototype of the concept ({block}: proto
                 "made by `sae prototypes`); it has none.")
 NO_EXAMPLE = ("mode 'paste' needs a top example of the concept that can be made again ({block}: top_examples.json "
               "with seeds beside its SAE, made by `sae top-examples`); it has none.")
-NEEDS = {"replace": NO_PROTOTYPE, "paste": NO_EXAMPLE}  # what a mode needs of a concept, where it needs something
-MISSING = {"replace": "no prototype to replace with (`sae prototypes`)", "paste": "no example to paste"}
+NEEDS = {"replace": NO_PROTOTYPE, "paste": NO_EXAMPLE, "fill": NO_EXAMPLE.replace("'paste'", "'fill'")}
+MISSING = {"replace": "no prototype to replace with (`sae prototypes`)", "paste": "no example to paste",
+           "fill": "no example to fill with"}  # what a mode needs of a concept, where it needs something
 CSS = """
 #output img, #heat img, #preview img, #examples img { image-rendering: pixelated; }
 #status { min-height: 1.5em; }
@@ -191,7 +192,9 @@ class PaintApp:
                 + {"replace": "; replaces its block's activations with the concept's prototype (the strength is "
                               "not used)",
                    "paste": "; pastes the activations of the feature's strongest example, moved onto the painted "
-                            "area, where the feature fires in it (the strength is not used)"}.get(layer.mode, ""))
+                            "area, where the feature fires in it (the strength is not used)",
+                   "fill": "; fills the painted area with the activations of the feature's strongest example, "
+                           "averaged over where it fires there (the strength is not used)"}.get(layer.mode, ""))
         return {"layer_select": gr.update(choices=choices, value=state.active), "layer_info": info,
                 "mode": layer.mode, "strength": layer.strength, "step_start": start, "step_end": end,
                 "enabled": layer.enabled}
@@ -637,7 +640,7 @@ class PaintApp:
         if kind == "recipes":
             # "paints": the share of the recipe's trials judged to show the concept
             return [["recipe", r["block"], self.recipe_index(r["block"], r["concept"]), f"{r['concept']}: {r['edit']}",
-                     "", f"{r['score']:.0%}", "yes" if r["mode"] == "replace" else "", "yes" if r["mode"] == "paste" else ""]
+                     "", f"{r['score']:.0%}", "yes" if r["mode"] == "replace" else "", "yes" if r["mode"] in ("paste", "fill") else ""]
                     for r in concepts.recipe_rows(block, words)]
         if kind == "mine":
             terms = words.lower().split()

@@ -52,6 +52,20 @@ class Example:
             moved[block] = (shift(values, dy * factor, dx * factor), shift(window, dy * factor, dx * factor))
         return moved
 
+    def filled(self, mask: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per block: (its outputs averaged over the window at each step, the same at every cell; a window of
+        ones): what a ``fill`` edit writes over the whole mask (``mask`` only checked for being non-empty)."""
+        if not bool((mask > 0).any()):
+            raise SAEError("the mask is empty; there is nowhere to fill with the example")
+        grid = tuple(self.window.shape)
+        filled = {}
+        for block, values in self.outputs.items():
+            factor = values.shape[-1] // grid[1]
+            window = (self.window > 0).repeat_interleave(factor, 0).repeat_interleave(factor, 1).to(values.dtype)
+            mean = (values * window).sum((-2, -1)) / window.sum()
+            filled[block] = (mean[..., None, None].expand_as(values).contiguous(), torch.ones_like(window))
+        return filled
+
 
 def box_centre(cells: torch.Tensor) -> tuple[float, float]:
     """The centre (row, col) of the bounding box of the true cells, in cells."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from .errors import SAEError
 
 RECIPES_NAME = "recipes.json"
-EDIT_MODES = ("add", "set", "replace", "paste")
+EDIT_MODES = ("add", "set", "replace", "paste", "fill")
 
 
 @dataclass

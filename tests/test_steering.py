@@ -322,6 +322,29 @@ def test_paste_overwrites_the_mask_inside_the_window_with_the_moved_example(pipe
             assert torch.equal(new[:, :, kept], h_out[:, :, kept])  # outside the mask or the window: untouched
 
 
+def test_fill_overwrites_the_whole_mask_with_the_examples_window_mean(pipe):
+    from sae.exemplars import Example
+
+    sae = make_sae(32, 64, k=4, block=LATE, seed=2)
+    generator = torch.Generator().manual_seed(5)
+    outputs = {block: torch.randn(2, 2, 32, 16, 16, generator=generator) for block in (LATE, LATER)}
+    window = torch.zeros(16, 16)
+    window[4:12, 10:14] = 1.0  # outside the mask: a fill writes the window's mean, wherever the window is
+    mask = torch.zeros(64, 64)
+    mask[:, :32] = 1.0
+    example = Example(3, "a pink circle", 1, window, outputs)
+    plan = Plan([Edit(LATE, (3,), mask, mode="fill")], {LATE: sae}, steps=2,
+                examples={LATE: {3: [{"prompt": "a pink circle", "seed": 1}]}}, pasted={0: example.filled(mask)})
+    for block in (LATE, LATER):
+        for step, (_, h_out, new) in enumerate(run(pipe, plan, steps=2, guidance=2.0, block=block)):
+            mean = outputs[block][step][..., 4:12, 10:14].mean((-2, -1))[..., None, None]
+            torch.testing.assert_close(new[..., :8], mean.expand(2, 32, 16, 8))
+            assert torch.equal(new[..., 8:], h_out[..., 8:])  # outside the mask: untouched
+    with pytest.raises(ModelError, match=r"layers\[0\]\.mode is 'fill' but its example was not made"):
+        run(pipe, Plan([Edit(LATE, (3,), mask, mode="fill")], {LATE: sae},
+                       examples={LATE: {3: [{"prompt": "a", "seed": 1}]}}), block=LATE)
+
+
 def test_paste_needs_an_example_to_make_and_the_engine_to_make_it(pipe):
     sae = make_sae(32, 64, k=4, block=LATE, seed=2)
     edit = Edit(LATE, (3,), torch.ones(64, 64), mode="paste")

@@ -429,9 +429,9 @@ def test_shipped_recipes_name_paintable_edits_best_first_and_the_cli_lists_them(
 
 
 def test_paintbench_paints_each_concepts_recipe_and_keeps_the_rest(toy):
-    """PaintBench's recipe mode on the late block: the recipes of yellow (a replace), blue (an add) and striped (a
-    paste) each paint their concept into both of their first two rectangles, and nothing beyond one latent cell of
-    the rectangle changes (the rest kept)."""
+    """PaintBench's recipe mode on the late block: the recipes of yellow (a replace), blue (an add), striped (a
+    paste) and pink (a fill) each paint their concept into both of their first two rectangles, and nothing beyond
+    one latent cell of the rectangle changes (the rest kept)."""
     from paint_app.concepts import ConceptLibrary
     from paint_app.engine import Engine
     from paint_app.toyworld.bench import Bench
@@ -440,12 +440,15 @@ def test_paintbench_paints_each_concepts_recipe_and_keeps_the_rest(toy):
     bench = Bench(Engine(toy, concepts), Judges.load(), toy.profile.layer_strength, 2, keep_outside=True,
                   mode="recipe")
     block = "up_blocks.1.attentions.0"
-    for concept in ("yellow", "blue", "striped"):
+    modes = set()
+    for concept in ("yellow", "blue", "striped", "pink"):
         result = bench.run_concept(block, concept)
         best = concepts.blocks[block].recipes.best(concept)
+        modes.add(best.mode)
         assert result.edit == best.describe() and result.feature_score == best.score
         assert result.success_feature == 1.0 and result.base_rate == 0.0, (concept, result)
         assert result.far_leakage_feature == 0.0, (concept, result)
+    assert modes == {"add", "replace", "paste", "fill"}
 
 
 def test_write_scores_are_the_cosine_of_the_painted_direction_with_the_concept(toy):

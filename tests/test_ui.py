@@ -220,6 +220,8 @@ def test_layer_settings_validate_and_repaint(app, state):
     assert state.layers[0].mode == "erase"
     with pytest.warns(UserWarning, match="mode 'paste' needs a top example.*sae top-examples.*keeps its mode 'erase'"):
         app.set_mode(state, "paste", True)
+    with pytest.warns(UserWarning, match="mode 'fill' needs a top example.*keeps its mode 'erase'"):
+        app.set_mode(state, "fill", True)
     assert state.layers[0].mode == "erase"
     with pytest.warns(UserWarning, match="step range is \\[3, 2\\]"):
         app.set_step_range(state, 3, 2, True)

@@ -289,7 +289,7 @@ def trial_scores(engine: Engine, judges: Judges, block: str, mode: str = "replac
     return scores
 
 
-RECIPE_MODES = ("add", "replace", "paste")
+RECIPE_MODES = ("add", "replace", "paste", "fill")
 
 
 def recipe_trials(engine: Engine, judges: Judges, block: str, trials: int = 8, candidates: int = 8,
@@ -302,9 +302,10 @@ def recipe_trials(engine: Engine, judges: Judges, block: str, trials: int = 8, c
       default strength and step range for a new layer;
     - ``replace`` and ``paste``: the labelled features whose score of that name ``trial_scores`` measured (read
       from the labels, not measured again);
+    - ``fill``: the ``candidates`` best-reading labelled features with a top example, every step;
     - every factor labelled with the concept (its ground-truth factor and the NMF factors named after it) in
-      each of those modes that can paint it (add at the defaults, replace and paste at every step).
-    Ties go to the cheaper edit: add before replace before paste, a feature before a factor."""
+      each of those modes that can paint it (add at the defaults, the others at every step).
+    Ties go to the cheaper edit: add, replace, paste, fill; a feature before a factor."""
     from tqdm.auto import tqdm
 
     profile = engine.model.profile
@@ -318,12 +319,15 @@ def recipe_trials(engine: Engine, judges: Judges, block: str, trials: int = 8, c
         writer = best_labelled(entry.labels, concept, "write")
         to_try = [Edit("add", feature=f, strength=profile.layer_strength, step_range=add_range)
                   for f in dict.fromkeys([*by_read, *([writer] if writer is not None else [])])]
+        to_try += [Edit("fill", feature=f) for f in sorted((f for f in labelled if entry.can_paint(f, "fill")),
+                                                           key=lambda f: (-entry.labels[f].score, f))[:candidates]]
         names = (concept, f"{concept} (nmf)")
         factors = [i for i, label in enumerate(entry.factors.labels) if label in names] if entry.factors else []
         for factor in factors:
             top = entry.factors.features_of(factor)
             to_try.append(Edit("add", factor=factor, strength=profile.layer_strength, step_range=add_range))
-            to_try += [Edit(mode, factor=factor) for mode in TRIAL_MODES if any(entry.can_paint(f, mode) for f in top)]
+            to_try += [Edit(mode, factor=factor) for mode in (*TRIAL_MODES, "fill")
+                       if any(entry.can_paint(f, mode) for f in top)]
         hits: list[list[bool]] = [[] for _ in to_try]
         for prompt, seed, rect, mask in paint_trials(concept, trials, TRIAL_SEED_BASE) if to_try else []:
             for edit, found in zip(to_try, hits):
