@@ -50,6 +50,24 @@ def settle(page) -> str:
     return src
 
 
+def brush_and_search(page, words: str, kind: str = "features") -> tuple[np.ndarray, str]:
+    """Brush the first layer over the top left, wait for its repaints to settle (a late repaint's status would
+    replace the search's), then search the palette's ``kind`` for ``words``; returns (the image before brushing,
+    the output's src after the repaints)."""
+    before = shown_image(page)
+    old = output_src(page)
+    brush_top_left(page)
+    wait_new_output(page, old)
+    old = settle(page)
+    page.get_by_role("tab", name="Palette").click()
+    if kind != "features":
+        page.locator("#palette-kind").get_by_label(kind).check()
+    page.fill("#palette-search textarea", words)
+    page.press("#palette-search textarea", "Enter")
+    wait_text(page, "#status", "found")
+    return before, old
+
+
 def settled_image(page, screenshot) -> np.ndarray:
     """The shown image once repaints have stopped (``settle``)."""
     settle(page)
@@ -89,15 +107,7 @@ def test_a_layer_switched_to_replace_paints_the_features_prototype(chromium, toy
     plain one."""
     page = open_page(chromium, toy_server, layer_text="blue")
     try:
-        before = shown_image(page)
-        old = output_src(page)
-        brush_top_left(page)
-        wait_new_output(page, old)
-        old = settle(page)  # before searching: a late repaint's status would replace the search's
-        page.get_by_role("tab", name="Palette").click()
-        page.fill("#palette-search textarea", "blue")
-        page.press("#palette-search textarea", "Enter")
-        wait_text(page, "#status", "found")
+        before, old = brush_and_search(page, "blue")
         pick_row(page, "up_blocks.1.attentions.0", "blue")
         wait_text(page, "#layer-info", "feature")
         old = wait_new_output(page, old)
@@ -118,16 +128,7 @@ def test_a_recipe_from_the_palette_sets_the_layers_edit_and_paints_its_colour(ch
     rest of the image the plain one."""
     page = open_page(chromium, toy_server, layer_text="blue")
     try:
-        before = shown_image(page)
-        old = output_src(page)
-        brush_top_left(page)
-        wait_new_output(page, old)
-        old = settle(page)
-        page.get_by_role("tab", name="Palette").click()
-        page.locator("#palette-kind").get_by_label("recipes").check()
-        page.fill("#palette-search textarea", "yellow")
-        page.press("#palette-search textarea", "Enter")
-        wait_text(page, "#status", "found")
+        before, old = brush_and_search(page, "yellow", "recipes")
         pick_row(page, "up_blocks.1.attentions.0", "yellow: replace feature")
         wait_text(page, "#layer-info", "replaces its block's activations")
         assert page.locator("#layer-info").inner_text().startswith("yellow")

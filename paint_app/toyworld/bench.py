@@ -26,6 +26,8 @@ the one that best reads it (highest label score: its activation map closest to t
 and the later blocks of its level overwritten with the concept's prototype; ``sae.prototypes``) or ``paste``
 (the feature's top example made again and moved onto the mask; ``sae.exemplars``). Erasing is the SAE's
 ``erase``, or in ``replace`` and ``paste`` modes the scene's background painted over the object that way.
+In ``recipe`` mode each concept is painted with its recipe, the edit ``recipe_trials`` measured best for it
+(any mode, ``fill`` included; its own strength and steps; ``sae.recipes``), and erasing is ``replace``'s.
 """
 
 from __future__ import annotations
