@@ -19,6 +19,7 @@ from sae.recipes import Recipes, load_recipes
 
 from .errors import ModelError, PaintError
 from .models import ModelProfile
+from .steering import EXAMPLE_MODES
 
 _BLOCK_IN_NAME = re.compile(r"((?:down_blocks|up_blocks)\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+)")
 
@@ -51,7 +52,7 @@ class BlockConcepts:
         an example, the other modes nothing."""
         if mode == "replace":
             return self.replaceable(feature)
-        return self.pasteable(feature) if mode in ("paste", "fill") else True
+        return self.pasteable(feature) if mode in EXAMPLE_MODES else True
 
 
 class ConceptLibrary:

@@ -85,9 +85,10 @@ class Plan:
     saes: dict[str, SAE] = field(default_factory=dict)
     prototypes: dict[str, Prototypes] = field(default_factory=dict)  # by SAE block, for ``replace`` edits
     steps: int | None = None  # denoising steps of the run (maps a step to a prototype's step)
-    # for ``paste`` (``fill``) edits, by the edit's index: per block, (the example's outputs moved [steps, rows,
-    # C, H, W], its window moved [H, W]) (``sae.exemplars.Example.moved``, ``.filled``; the engine makes them)
-    pasted: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    # for ``paste`` edits, by the edit's index: per block, (the example's outputs moved [steps, rows, C, H, W],
+    # its window moved [H, W]) (``sae.exemplars.Example.moved``); for ``fill`` edits (its window mean [steps,
+    # rows, C], None) (``Example.filled``); the engine makes them
+    pasted: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = field(default_factory=dict)
     examples: dict[str, dict[int, list[dict]]] = field(default_factory=dict)  # by SAE block: top-example records
 
     def paste_feature(self, edit: Edit) -> int | None:
@@ -101,8 +102,9 @@ class Plan:
         return sorted({edit.block for edit in self.edits if edit.mode not in OVERWRITING})
 
     def replaced(self) -> dict[str, list[tuple[Edit, torch.Tensor, torch.Tensor | None]]]:
-        """Per block that ``replace`` and ``paste`` edits overwrite: (edit, what it writes there, window): a
-        prototype [steps, rows, C] and no window, or an example [steps, rows, C, H, W] and its window [H, W]."""
+        """Per block that ``replace``, ``paste`` and ``fill`` edits overwrite: (edit, what it writes there, window):
+        a prototype or a fill's window mean [steps, rows, C] and no window, or an example [steps, rows, C, H, W]
+        and its window [H, W]."""
         result: dict[str, list[tuple[Edit, torch.Tensor, torch.Tensor | None]]] = {}
         for i, edit in enumerate(self.edits):
             if edit.mode == "replace":
@@ -298,8 +300,8 @@ class BlockEditor:
 
 
 class BlockReplacer:
-    """The forward hook of one block that ``replace`` and ``paste`` edits overwrite: in each edit's mask (narrowed
-    to its window for ``paste``), the output moves to what the edit writes for the step (h = h + m * (p_t - h)),
+    """The forward hook of one block that ``replace``, ``paste`` and ``fill`` edits overwrite: in each edit's mask
+    (narrowed to its window for ``paste``), the output moves to what the edit writes for the step (h = h + m * (p_t - h)),
     edits in order, after any other edit of the block."""
 
     def __init__(self, edits: list[tuple[Edit, torch.Tensor, torch.Tensor | None]], counter: StepCounter, cfg: bool,
@@ -385,7 +387,7 @@ def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator
     for block, edits in plan.replaced().items():
         module = _block_module(unet, block)
         channels = getattr(getattr(module, "config", None), "in_channels", None)
-        prototypes = [written for edit, written, window in edits if window is None]
+        prototypes = [written for edit, written, _ in edits if edit.mode == "replace"]
         if channels is not None and prototypes and channels != prototypes[0].shape[-1]:
             raise ModelError(f"the prototypes for block {block!r} have {prototypes[0].shape[-1]} channels, but that "
                              f"block has {channels}; make them with this model (`sae prototypes`)")

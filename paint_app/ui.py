@@ -43,7 +43,7 @@ from .explore import (
     top_features_at,
 )
 from .session import MAX_STRENGTH, Session
-from .steering import MODES
+from .steering import EXAMPLE_MODES, MODES
 
 log = logging.getLogger(__name__)
 
@@ -640,7 +640,7 @@ class PaintApp:
         if kind == "recipes":
             # "paints": the share of the recipe's trials judged to show the concept
             return [["recipe", r["block"], self.recipe_index(r["block"], r["concept"]), f"{r['concept']}: {r['edit']}",
-                     "", f"{r['score']:.0%}", "yes" if r["mode"] == "replace" else "", "yes" if r["mode"] in ("paste", "fill") else ""]
+                     "", f"{r['score']:.0%}", "yes" if r["mode"] == "replace" else "", "yes" if r["mode"] in EXAMPLE_MODES else ""]
                     for r in concepts.recipe_rows(block, words)]
         if kind == "mine":
             terms = words.lower().split()

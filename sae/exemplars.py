@@ -52,9 +52,10 @@ class Example:
             moved[block] = (shift(values, dy * factor, dx * factor), shift(window, dy * factor, dx * factor))
         return moved
 
-    def filled(self, mask: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per block: (its outputs averaged over the window at each step, the same at every cell; a window of
-        ones): what a ``fill`` edit writes over the whole mask (``mask`` only checked for being non-empty)."""
+    def filled(self, mask: torch.Tensor) -> dict[str, tuple[torch.Tensor, None]]:
+        """Per block: (its outputs averaged over the window at each step [steps, rows, C], no window): what a
+        ``fill`` edit writes at every cell of the mask, as a ``replace`` edit writes its prototype (``mask`` is
+        only checked for being non-empty)."""
         if not bool((mask > 0).any()):
             raise SAEError("the mask is empty; there is nowhere to fill with the example")
         grid = tuple(self.window.shape)
@@ -63,7 +64,7 @@ class Example:
             factor = values.shape[-1] // grid[1]
             window = (self.window > 0).repeat_interleave(factor, 0).repeat_interleave(factor, 1).to(values.dtype)
             mean = (values * window).sum((-2, -1)) / window.sum()
-            filled[block] = (mean[..., None, None].expand_as(values).contiguous(), torch.ones_like(window))
+            filled[block] = (mean, None)
         return filled
 
 

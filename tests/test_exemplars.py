@@ -54,13 +54,12 @@ def test_an_example_fills_with_its_mean_over_the_window_at_each_step_on_every_gr
     coarse = torch.randn(2, 2, 4, 8, 8)
     fine = torch.randn(2, 2, 4, 16, 16)
     filled = Example(7, "a pink circle", 3, window, {"coarse": coarse, "fine": fine}).filled(torch.ones(64, 64))
-    values, ones = filled["coarse"]
-    assert values.shape == coarse.shape and torch.equal(ones, torch.ones(8, 8))
-    mean = coarse[..., 1:3, 1:3].mean((-2, -1))  # [steps, rows, C]
-    torch.testing.assert_close(values, mean[..., None, None].expand_as(coarse))
-    fine_values, fine_ones = filled["fine"]
-    assert fine_ones.shape == (16, 16)
-    torch.testing.assert_close(fine_values[..., 9, 0], fine[..., 2:6, 2:6].mean((-2, -1)))
+    values, window = filled["coarse"]
+    assert values.shape == (2, 2, 4) and window is None  # one value per step and row, written at every cell
+    torch.testing.assert_close(values, coarse[..., 1:3, 1:3].mean((-2, -1)))
+    fine_values, fine_window = filled["fine"]
+    assert fine_values.shape == (2, 2, 4) and fine_window is None
+    torch.testing.assert_close(fine_values, fine[..., 2:6, 2:6].mean((-2, -1)))
     with pytest.raises(SAEError, match="mask is empty"):
         Example(7, "a", 3, window, {"coarse": coarse}).filled(torch.zeros(64, 64))
 

@@ -151,17 +151,17 @@ def score_trials(args: argparse.Namespace, block: str, folder: Path, recipes_onl
     from .bench import BENCH_SEED_BASE, TRIAL_SEED_BASE, recipe_trials, trial_scores
     from .judges import Judges
 
-    loaded = load_model(args.model, device="cpu")
+    loaded, judges = load_model(args.model, device="cpu"), Judges.load()
 
     def engine() -> Engine:  # loaded again after the labels change
         return Engine(loaded, ConceptLibrary.load([f"{block}={folder}"], loaded.profile))
 
     for mode in () if recipes_only else TRIAL_MODES:
-        scores = trial_scores(engine(), Judges.load(), block, mode, args.trials, args.candidates)
+        scores = trial_scores(engine(), judges, block, mode, args.trials, args.candidates)
         scored = set_trial_scores(folder, scores, mode)
         print(json.dumps({"block": block, "mode": mode, "scored": scored,
                           "mean_score": round(sum(scores.values()) / max(1, len(scores)), 4)}), flush=True)
-    edits = recipe_trials(engine(), Judges.load(), block, args.trials, args.candidates)
+    edits = recipe_trials(engine(), judges, block, args.trials, args.candidates)
     source = (f"ground-truth judges on {args.trials} trial rectangles per concept (seeds from {TRIAL_SEED_BASE}, "
               f"disjoint from PaintBench's {BENCH_SEED_BASE}), the rest of the image kept")
     save_recipes(folder, Recipes(edits, args.trials, source))
