@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from paint_app.cli import load_engine
+from paint_app.engine import load_engine
 from paint_app.ui import LAUNCH_OPTIONS, build_app
 
 try:

@@ -74,8 +74,8 @@ def random_saes(folder: Path, blocks: list[tuple[str, int]]) -> list[str]:
 
 
 def load(model: str, sae_paths: list[str], device: str, scratch: Path):
-    from paint_app.cli import load_engine
     from paint_app.concepts import ConceptLibrary
+    from paint_app.engine import load_engine
     from paint_app.errors import PaintError
 
     notes = []

@@ -77,17 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def load_engine(model: str, sae_paths: list[str], device: str = "auto"):
-    """A model and its concepts, ready to render."""
-    from .concepts import ConceptLibrary
-    from .engine import Engine
-    from .models import load_model
-
-    loaded = load_model(model, device=device)
-    concepts = ConceptLibrary.load(sae_paths, loaded.profile, device=loaded.device)
-    return Engine(loaded, concepts)
-
-
 def serving_threads(requested: int = 0) -> int:
     """Torch CPU threads for the server: ``requested``, or half the cores (at least one).
 
@@ -116,6 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
+    from .engine import load_engine
     from .session import load_session
 
     session = load_session(args.session)

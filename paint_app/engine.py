@@ -20,7 +20,7 @@ from sae.exemplars import Example, pasteable_record, record_example
 
 from .concepts import ConceptLibrary
 from .errors import ModelError, PaintError
-from .models import LoadedModel
+from .models import LoadedModel, load_model
 from .session import Session
 from .steering import EXAMPLE_MODES, Edit, Plan, apply_plan, keep_outside, painted_cover, paste_outside
 from .step_cache import StepCache
@@ -235,3 +235,9 @@ class Engine:
         if self.model.name in ("toy", "tiny-random-sd", "tiny-random-sdxl"):
             report["unknown_words"] = unknown_words(tokenizer, prompt)
         return report
+
+
+def load_engine(model: str, sae_paths: list[str], device: str = "auto") -> Engine:
+    """A model and its concepts (``sae_paths``, else the SAEs shipped with the model), ready to render."""
+    loaded = load_model(model, device=device)
+    return Engine(loaded, ConceptLibrary.load(sae_paths, loaded.profile, device=loaded.device))

@@ -1239,7 +1239,7 @@ def _guarded(method: Callable, *args) -> dict:
 def serve(model: str = "toy", sae_paths: list[str] | None = None, device: str = "auto", host: str = "127.0.0.1",
           port: int = 7860, share: bool = False) -> None:
     """Load the model and its concepts, and serve the page until interrupted."""
-    from .cli import load_engine
+    from .engine import load_engine
 
     engine = load_engine(model, list(sae_paths or []), device)
     demo = build_app(engine)

@@ -40,7 +40,7 @@ def tiny_sae_paths(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_sae_paths):
-    from paint_app.cli import load_engine
+    from paint_app.engine import load_engine
 
     return load_engine("tiny-random-sd", tiny_sae_paths, "cpu")
 

@@ -18,7 +18,7 @@ def toy_server(one_torch_thread, tmp_path_factory):
     """The painting app on the shipped toy model, as `paint-app` starts it, on a free port."""
     from conftest import free_port
 
-    from paint_app.cli import load_engine
+    from paint_app.engine import load_engine
     from paint_app.ui import LAUNCH_OPTIONS, build_app
 
     blocks = build_app(load_engine("toy", [], "cpu"), workdir=tmp_path_factory.mktemp("toy-sessions"))

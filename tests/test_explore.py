@@ -115,7 +115,7 @@ def test_heatmap_overlay_and_region(painted_maps):
 def test_output_site_sae_is_read_too(tmp_path):
     from helpers import make_sae, save_sae
 
-    from paint_app.cli import load_engine
+    from paint_app.engine import load_engine
 
     folder = save_sae(tmp_path / BLOCK, make_sae(32, 16, block=BLOCK, site="output"))
     engine = load_engine("tiny-random-sd", [str(folder)], "cpu")

@@ -14,10 +14,10 @@ APP = Path(__file__).resolve().parent.parent / "app.py"
 
 def load_app_module(monkeypatch, engine, spaces_module):
     """Import app.py afresh with a stand-in engine loader (the toy model may not be built) and a given `spaces`."""
-    import paint_app.cli
+    import paint_app.engine
 
     asked = []
-    monkeypatch.setattr(paint_app.cli, "load_engine", lambda model, saes, device: asked.append(model) or engine)
+    monkeypatch.setattr(paint_app.engine, "load_engine", lambda model, saes, device: asked.append(model) or engine)
     monkeypatch.setitem(sys.modules, "spaces", spaces_module)
     monkeypatch.delenv("PAINT_APP_MODEL", raising=False)
     spec = importlib.util.spec_from_file_location("spaces_app_under_test", APP)
