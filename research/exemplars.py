@@ -1,6 +1,6 @@
 """Exemplar ceiling (toy): paste a real generated object's activations into PaintBench's rectangles, *shifted*.
 
-    python benchmarks/exemplars.py [--k 8] [--blocks B ...] [--json assets/toy/exemplars.json]
+    python -m research.exemplars [--k 8] [--blocks B ...] [--json research/results/exemplars.json]
 
 For each texture and shape, one exemplar: the first seed from 70,000,000 whose ``a red {texture} square`` or
 ``a red {shape}`` is judged to show it. Its outputs of the given blocks (default: the last up level,
@@ -32,7 +32,7 @@ CELL = 4  # pixels per cell of the toy's 16x16 grid
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="exemplars", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m research.exemplars", description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=8, help="PaintBench trials per concept")
     parser.add_argument("--blocks", nargs="*", default=LATE_LEVEL, help="blocks overwritten (16x16 grid)")
     parser.add_argument("--json", type=Path, help="write the results here")

@@ -1,5 +1,13 @@
 """Prototype replacement (toy): can late blocks paint a colour when their activations are overwritten, not added to?
 
+    python -m research.prototypes [--model toy] [--k 8] [--blocks B ...] [--start 0] [--no-keep-outside]
+                                  [--how set|shift] [--scenes 6] [--sae DIR [--prompts 96] [--top 0.1]]
+                                  [--erase] [--json out.json]
+
+Prints one row per colour and their mean. The study's result files in ``research/results/``: ``prototypes.json``
+(the defaults), ``prototypes_sae.json`` (``--sae paint_app/assets/toy/saes/up_blocks.1.attentions.0``),
+``prototypes_erase.json`` (``--erase``).
+
 A colour's prototype at a block is the block's mean output over the grid cells the colour covers, one vector per
 denoising step and CFG half, measured on generations of ``a {colour} plain {shape}`` (plain texture, so the mean
 is the colour's and not a stripe's). Painting overwrites the chosen blocks' outputs in a rectangle's cells on every
@@ -23,8 +31,12 @@ a block's activations could paint, against the ``add`` edits of features and fac
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +44,7 @@ import torch
 from PIL import Image
 
 from paint_app.steering import keep_outside, paste_outside
-from sae.hooks import block_input, block_output, forward_hooks, replace_block_output, site_value
-from sae.labels import load_labels
-from sae.model import SAE
-from sae.pipelines import get_block
-
-from .bench import (
+from paint_app.toyworld.bench import (
     BENCH_SEED_BASE,
     EDGE_PX,
     concepts_to_paint,
@@ -48,11 +55,15 @@ from .bench import (
     region_rect,
     scene_lacking,
 )
-from .evaluate import object_region
-from .judges import Judges, classify_pixels, colour_fractions
-from .labels import best_labelled
-from .patching import Patcher, Recording, grid_cells, region_mean
-from .world import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES, caption, prompts
+from paint_app.toyworld.evaluate import object_region
+from paint_app.toyworld.judges import Judges, classify_pixels, colour_fractions
+from paint_app.toyworld.labels import best_labelled
+from paint_app.toyworld.world import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES, caption, prompts
+from research.patching import Patcher, Recording, grid_cells, load_with_blocks, region_mean
+from sae.hooks import block_input, block_output, forward_hooks, replace_block_output, site_value
+from sae.labels import load_labels
+from sae.model import SAE
+from sae.pipelines import get_block
 
 PROTOTYPE_SEED_BASE = 90_000_000
 SAE_PROMPT_SEED_BASE = 91_000_000
@@ -282,3 +293,77 @@ def table(results: list[PrototypeResult], erasing: bool = False) -> str:
     lines.append(f"| **mean** | **{mean['success']:.0f}%** | {mean['cover']:.0f}% | {mean['leakage']:.0f}% | "
                  f"{mean['far_leakage']:.0f}% |")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m research.prototypes", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="toy")
+    parser.add_argument("--k", type=int, default=8, help="PaintBench trials per colour")
+    parser.add_argument("--blocks", nargs="+", default=list(LATE_BLOCKS), help="the blocks whose outputs are replaced")
+    parser.add_argument("--how", choices=("set", "shift"), default="set",
+                        help="set the rectangle's cells to the prototype, or shift them so their mean is the prototype")
+    parser.add_argument("--start", type=int, default=0, help="the first denoising step replaced")
+    parser.add_argument("--no-keep-outside", dest="keep", action="store_false",
+                        help="let the painted run change the rest of the image (default: keep it, as the app does)")
+    parser.add_argument("--scenes", type=int, default=6, help="generations per colour that make its prototypes")
+    parser.add_argument("--sae", type=Path, help="choose each colour's cells with this SAE's best-reading feature "
+                        "for it instead of the ground truth (its labels.json must name the colours)")
+    parser.add_argument("--prompts", type=int, default=96, help="with --sae: captions whose cells are chosen")
+    parser.add_argument("--top", type=float, default=0.1,
+                        help="with --sae: the top fraction of the feature's positive activations chosen")
+    parser.add_argument("--erase", action="store_true",
+                        help="erase each colour's objects with the background's prototype (PaintBench's erase trials)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    for name in ("k", "scenes", "prompts"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} is {getattr(args, name)}; allowed: an integer >= 1")
+    if not 0 < args.top <= 1:
+        parser.error(f"--top is {args.top}; allowed: a fraction in (0, 1]")
+    if args.sae and args.erase:
+        parser.error("--erase takes the background's prototypes from the ground truth; leave out --sae")
+    if args.sae and not (args.sae / "sae.safetensors").exists():
+        parser.error(f"--sae is {args.sae}; allowed: a folder holding an SAE (sae.safetensors, config.json)")
+    torch.set_num_threads(args.threads)
+
+    loaded, problem = load_with_blocks(args.model, args.blocks)
+    if problem:
+        print(f"prototypes: error: {problem}", file=sys.stderr)
+        return 2
+    profile = loaded.profile
+    if not 0 <= args.start < profile.steps:
+        parser.error(f"--start is {args.start}; allowed: 0 to {profile.steps - 1} (the model samples "
+                     f"{profile.steps} steps)")
+    loaded.pipeline.set_progress_bar_config(disable=True)
+    started = time.perf_counter()
+    painter = PrototypePainter(loaded.pipeline, args.blocks, profile.steps, profile.guidance, profile.width, args.how)
+    try:
+        if args.erase:
+            prototypes = background_prototypes(painter, args.scenes)
+            source = f"the background's pixels in {args.scenes} generations on it, erasing each colour's objects"
+        elif args.sae:
+            prototypes = sae_prototypes(painter, args.sae, list(COLOUR_NAMES), args.prompts, args.top)
+            source = (f"cells chosen by the SAE in {args.sae} (top {args.top:g} of each colour's best-reading "
+                      f"feature on {args.prompts} captions)")
+        else:
+            prototypes = {c: colour_prototypes(painter, c, args.scenes) for c in COLOUR_NAMES}
+            source = f"the colour's pixels in {args.scenes} generations"
+    except ValueError as exc:
+        print(f"prototypes: error: {exc}", file=sys.stderr)
+        return 2
+    paint = erase_colours if args.erase else paint_colours
+    results = paint(painter, Judges.load(), prototypes, args.k, args.start, args.keep)
+    header = (f"Prototype replacement (toy), model {args.model}, blocks {', '.join(args.blocks)}, K={args.k} "
+              f"PaintBench trials per colour, prototypes over {source}, cells {args.how}, steps >= {args.start}, "
+              f"{'outside kept' if args.keep else 'outside free'}, {profile.steps} steps, guidance "
+              f"{profile.guidance}; {time.perf_counter() - started:.0f} s on cpu")
+    print(f"\n{header}\n\n{table(results, args.erase)}\n")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "results": [asdict(r) for r in results]}, indent=1)
+                             + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

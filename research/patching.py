@@ -1,5 +1,9 @@
 """Activation patching on the toy model: which block's output decides an object's colour?
 
+    python -m research.patching [--model toy] [--pairs 12] [--start 2] [--blocks B ...] [--json out.json]
+
+Prints one row per transformer block (``--json research/results/patching.json`` writes the study's result file).
+
 For pairs of one-object captions that differ only in the colour (``a blue square`` and ``a purple square``,
 same seed), the donor caption's run is recorded at every transformer block and denoising step; then the
 recipient caption is generated again with one block's output replaced by the donor's:
@@ -23,7 +27,12 @@ does not, the block holds the colour as a value that has to be overwritten, not 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,13 +40,12 @@ import torch
 from paint_app.errors import ModelError
 from paint_app.models import LoadedModel, load_model
 from paint_app.steering import grid_mask
+from paint_app.toyworld.bench import EDGE_PX, leakage, mean
+from paint_app.toyworld.evaluate import object_region
+from paint_app.toyworld.judges import Judges, classify_pixels
+from paint_app.toyworld.world import COLOUR_NAMES, SHAPES
 from sae.hooks import block_output, forward_hooks, replace_block_output
 from sae.pipelines import get_block, unet_blocks
-
-from .bench import EDGE_PX, leakage, mean
-from .evaluate import object_region
-from .judges import Judges, classify_pixels
-from .world import COLOUR_NAMES, SHAPES
 
 PATCH_SEED_BASE = 70_000_000
 MIN_PIXELS = 20
@@ -213,3 +221,37 @@ def table(rows: list[BlockCeiling], start: int) -> str:
                      f"{pct(r.mean_replaced)} ({pct(r.mean_replaced_leakage)}) | "
                      f"{pct(r.mean_added)} ({pct(r.mean_added_leakage)}) |")
     return "\n".join(lines) + f"\n\nLeakage: pixels of the right half beyond {EDGE_PX} px of the middle that moved."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m research.patching", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="toy")
+    parser.add_argument("--pairs", type=int, default=12, help="caption pairs (recipient colour, donor colour)")
+    parser.add_argument("--start", type=int, default=2, help="the first step patched in the late columns")
+    parser.add_argument("--blocks", nargs="*", help="only these blocks (default: every transformer block)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.pairs < 1:
+        parser.error(f"--pairs is {args.pairs}; allowed: an integer >= 1")
+    torch.set_num_threads(args.threads)
+
+    loaded, problem = load_with_blocks(args.model, args.blocks or [])
+    if problem:
+        print(f"patching: error: {problem}", file=sys.stderr)
+        return 2
+    profile = loaded.profile
+    started = time.perf_counter()
+    rows = ceilings(loaded.pipeline, Judges.load(), colour_pairs(args.pairs), profile.steps, profile.guidance,
+                    profile.width, args.start, args.blocks)
+    header = (f"Activation patching (toy), model {args.model}, {args.pairs} caption pairs, {profile.steps} steps, "
+              f"guidance {profile.guidance}; {time.perf_counter() - started:.0f} s on cpu")
+    print(f"\n{header}\n\n{table(rows, args.start)}\n")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "start": args.start,
+                                         "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
