@@ -1,25 +1,28 @@
 """PaintBench (toy): paint each labelled concept's best feature and factor into random regions; judge the region.
 
-    python benchmarks/paintbench.py [--k 10] [--strength S] [--json out.json] [--card assets/toy/MODEL_CARD.md]
+    python benchmarks/paintbench.py [--k 10] [--strength S] [--mode M] [--keep-outside] [--json [out.json]]
 
 By default each layer is painted at the model's default for a new layer in the app (``layer_defaults`` in its
 ``paint_app.json``: for the toy model strength 32 on steps [2, 8)).
 
 Prints the per-concept table and a per-block summary (see ``paint_app.toyworld.bench`` for the definitions).
-With ``--card`` the tables go into the model card, one section per strength and step range.
+``--json`` alone writes the results to ``benchmarks/results/paintbench[_<mode>][_k<K>][_s<strength>][_by_<score>]
+[_keep_outside].json`` (where every PaintBench result lives); ``--json FILE`` writes them to FILE.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+AUTO = Path("<auto>")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,11 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                              "the default in those modes, falling back to the best reader where there are none)")
     parser.add_argument("--blocks", nargs="*", help="only these blocks (default: every block with an SAE)")
     parser.add_argument("--concepts", nargs="*", help="only these concepts")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--card", type=Path, help="write the tables into this model card (one section per strength "
-                        "and step range, replaced on a re-run)")
+    parser.add_argument("--json", type=Path, nargs="?", const=AUTO,
+                        help="write the results here (alone: to benchmarks/results/, named after the options)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--from-json", type=Path, help="print (and --card) the results of an earlier --json run")
+    parser.add_argument("--from-json", type=Path, help="print the results of an earlier --json run")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -66,13 +68,31 @@ def main(argv: list[str] | None = None) -> int:
            f"mask):\n\n{summary_table(rows)}\n"
     print("\n" + text)
     if args.json and not args.from_json:
-        args.json.write_text(json.dumps({"header": header, "results": [asdict(r) for r in results],
-                                         "summary": rows}, indent=1) + "\n")
-    if args.card:
-        tag = re.search(r"(strength \S+, step range (\[[^]]*\]|all)|each concept's recipe)(, outside kept)?"
-                        r"(, features by \w+ score)?(, mode \w+)?", header).group(0)
-        write_card_section(args.card, text, tag)
+        file = RESULTS / default_json_name(parser, args) if args.json == AUTO else args.json
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps({"header": header, "results": [asdict(r) for r in results],
+                                    "summary": rows}, indent=1) + "\n")
+        print(f"results in {file}")
     return 0
+
+
+def default_json_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """``paintbench[_<mode>][_k<K>][_s<strength>][_steps<a>_<b>][_by_<score>][_keep_outside].json``: each option
+    that differs from its default, in that order."""
+    parts = ["paintbench"]
+    if args.mode != "add":
+        parts.append(args.mode)
+    if args.k != parser.get_default("k"):
+        parts.append(f"k{args.k}")
+    if args.strength is not None:
+        parts.append(f"s{args.strength:g}")
+    if args.step_range is not None:
+        parts.append(f"steps{args.step_range[0]}_{args.step_range[1]}")
+    if args.feature_by != {"replace": "replace", "paste": "paste"}.get(args.mode, "write"):
+        parts.append(f"by_{args.feature_by}")
+    if args.keep_outside:
+        parts.append("keep_outside")
+    return "_".join(parts) + ".json"
 
 
 def run(args: argparse.Namespace):
@@ -119,19 +139,6 @@ def run(args: argparse.Namespace):
               f"{loaded.profile.steps} steps, "
               f"guidance {loaded.profile.guidance}; {seconds:.0f} s on {loaded.device}")
     return header, results
-
-
-def write_card_section(card: Path, text: str, tag: str) -> None:
-    """Replace (or append) the card's section for this configuration, between markers naming it."""
-    start, end = f"<!-- paintbench: {tag} -->", f"<!-- /paintbench: {tag} -->"
-    body = card.read_text() if card.exists() else ""
-    section = f"{start}\n{text}{end}"
-    if start in body and end in body:
-        before, rest = body.split(start, 1)
-        body = before + section + rest.split(end, 1)[1]
-    else:
-        body = body.rstrip() + "\n\n" + section + "\n"
-    card.write_text(body)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def load(model: str, sae_paths: list[str], device: str, scratch: Path):
         if model != "toy":
             raise
         notes.append(f"NOTE: model 'toy' is not available ({exc}); measured on {FALLBACK} instead. Rerun once "
-                     "assets/toy exists for the figures the issue asks for.")
+                     "paint_app/assets/toy exists for the figures the issue asks for.")
         engine = load_engine(FALLBACK, sae_paths, device)
     if not engine.concepts.blocks:
         profile = engine.model.profile

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from sae.errors import SAEError
-from sae.pipelines import TINY_NAMES, TOY_DIR, BlockInfo, load_diffusers_pipeline, unet_blocks
+from sae.pipelines import TINY_NAMES, BlockInfo, load_diffusers_pipeline, unet_blocks
 
 from .errors import ModelError
+from .toyworld import TOY_DIR
 
 __all__ = ["BlockProfile", "ModelProfile", "LoadedModel", "PROFILES", "load_model", "profile_for", "TOY_DIR",
            "TINY_NAMES"]
@@ -100,9 +101,16 @@ class LoadedModel:
 
 def load_model(name_or_path: str, device: str | torch.device | None = "auto",
                dtype: str | torch.dtype | None = None) -> LoadedModel:
-    """Load a pipeline by short name (``toy``, ``tiny-random-sd``, ``tiny-random-sdxl``), hub id or local path."""
+    """Load a pipeline by short name (``toy``, ``tiny-random-sd``, ``tiny-random-sdxl``), hub id or local path.
+
+    ``toy`` is the embedded default, package data in ``paint_app.toyworld.TOY_DIR`` (``$PAINT_APP_TOY_DIR`` if set).
+    """
+    if name_or_path == "toy" and not (TOY_DIR / "model_index.json").exists():
+        raise ModelError(f"model 'toy' is not built: {TOY_DIR} has no model_index.json; "
+                         "train it with `python -m paint_app.toyworld.train`")
     try:
-        pipe = load_diffusers_pipeline(name_or_path, device=device, dtype=dtype)
+        pipe = load_diffusers_pipeline(str(TOY_DIR) if name_or_path == "toy" else name_or_path, device=device,
+                                       dtype=dtype)
     except SAEError as exc:
         raise ModelError(str(exc)) from None
     return LoadedModel(name_or_path, pipe, profile_for(name_or_path, pipe), pipe.unet.device, pipe.unet.dtype)

@@ -140,6 +140,9 @@ class CollectOptions:
     dtype: str | None = None
     overwrite: bool = False
     progress: bool = True
+    # the model's generation defaults (width, height, steps, guidance), used where steps etc. are not given: the
+    # CLI passes those of the model's ``sae.models`` entry point (``sae.pipelines.model_defaults``)
+    defaults: dict | None = None
 
 
 def multi_cpu() -> bool:
@@ -162,21 +165,6 @@ def read_prompts(file: str | Path, limit: int | None = None) -> list[str]:
             raise SAEError(f"limit is {limit}; it must be >= 1")
         prompts = prompts[:limit]
     return prompts
-
-
-def model_defaults(model: str) -> dict:
-    """Defaults from a model folder's optional ``paint_app.json`` (steps, guidance, width, height)."""
-    from .pipelines import TOY_DIR
-
-    folder = TOY_DIR if model == "toy" else Path(model).expanduser()
-    file = folder / "paint_app.json"
-    if not file.is_file():
-        return {}
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError:
-        return {}
-    return {key: data[key] for key in ("steps", "guidance", "width", "height") if key in data}
 
 
 def collect(options: CollectOptions, pipe=None) -> dict[str, Manifest]:
@@ -216,11 +204,12 @@ def collect(options: CollectOptions, pipe=None) -> dict[str, Manifest]:
     return {block: read_manifest(folder) for block, folder in folders.items()}
 
 
-def generation_settings(pipe, model: str, steps: int | None = None, guidance: float | None = None,
-                        height: int | None = None, width: int | None = None) -> tuple[int, int, int, float | None]:
-    """(height, width, steps, guidance) of a run: what was asked, else the model's ``paint_app.json``, else the
-    UNet's sample size, 4 steps and the pipeline's own guidance (None)."""
-    defaults = model_defaults(model)
+def generation_settings(pipe, steps: int | None = None, guidance: float | None = None, height: int | None = None,
+                        width: int | None = None, defaults: dict | None = None) -> tuple[int, int, int, float | None]:
+    """(height, width, steps, guidance) of a run: what was asked, else ``defaults`` (the model's own, e.g. from its
+    ``sae.models`` entry point: ``sae.pipelines.model_defaults``), else the UNet's sample size, 4 steps and the
+    pipeline's own guidance (None)."""
+    defaults = defaults or {}
     vae_scale = getattr(pipe, "vae_scale_factor", 8)
     height = height or defaults.get("height") or pipe.unet.config.sample_size * vae_scale
     width = width or defaults.get("width") or pipe.unet.config.sample_size * vae_scale
@@ -232,8 +221,8 @@ def generation_settings(pipe, model: str, steps: int | None = None, guidance: fl
 
 
 def _prepare_folders(pipe, options: CollectOptions, prompts: list[str], state) -> tuple[dict, dict]:
-    height, width, steps, guidance = generation_settings(pipe, options.model, options.steps, options.guidance,
-                                                         options.height, options.width)
+    height, width, steps, guidance = generation_settings(pipe, options.steps, options.guidance, options.height,
+                                                         options.width, options.defaults)
     vae_scale = getattr(pipe, "vae_scale_factor", 8)
     for index in options.step_indices or []:
         if not 0 <= index < steps:

@@ -13,6 +13,9 @@ import sys
 
 from .errors import SAEError
 
+MODEL_HELP = ("a short name (tiny-random-sd, tiny-random-sdxl, or one a package registers in the entry-point group "
+              "sae.models, such as paint-app's toy), a hub id or a local diffusers folder")
+
 
 def print_report(report: dict, as_json: bool) -> None:
     """One JSON object, or one ``key: value`` line per entry."""
@@ -62,12 +65,13 @@ def _is_main_process() -> bool:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from .capture import CollectOptions, collect
+    from .pipelines import model_defaults
 
     manifests = collect(CollectOptions(
         model=args.model, blocks=args.block, prompts_file=args.prompts, out=args.out, site=args.site,
         steps=args.steps, step_indices=args.step_index, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
         guidance=args.guidance, height=args.height, width=args.width, device=args.device, dtype=args.dtype,
-        overwrite=args.overwrite))
+        overwrite=args.overwrite, defaults=model_defaults(args.model)))
     for block, manifest in manifests.items() if _is_main_process() else ():
         print(f"{block}: {manifest.counts.get('vectors', 0)} vectors of width {manifest.d_in} in "
               f"{manifest.counts.get('shards', 0)} shards")
@@ -170,15 +174,15 @@ def cmd_top_examples(args: argparse.Namespace) -> int:
 def cmd_prototypes(args: argparse.Namespace) -> int:
     from .capture import generation_settings, read_prompts
     from .model import SAE, resolve_path
-    from .pipelines import load_diffusers_pipeline
+    from .pipelines import load_diffusers_pipeline, model_defaults
     from .prototypes import compute_prototypes
 
     folder = resolve_path(args.sae)
     prompts = read_prompts(args.prompts, args.limit)
     pipe = load_diffusers_pipeline(args.model, device=args.device, dtype=args.dtype)
     sae = SAE.from_pretrained(folder, device=pipe.unet.device)
-    height, width, steps, guidance = generation_settings(pipe, args.model, args.steps, args.guidance, args.height,
-                                                         args.width)
+    height, width, steps, guidance = generation_settings(pipe, args.steps, args.guidance, args.height, args.width,
+                                                         model_defaults(args.model))
     settings = {"num_inference_steps": steps, "height": height, "width": width}
     if guidance is not None:
         settings["guidance_scale"] = guidance
@@ -208,13 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Run a diffusers pipeline over prompts and store the chosen site of each "
                              "block as fp16 shards. Re-running skips finished shards; under `accelerate launch` "
                              "prompts are split across processes.")
-    collect.add_argument("--model", required=True, help="toy, tiny-random-sd, a hub id or a local diffusers folder")
+    collect.add_argument("--model", required=True, help=MODEL_HELP)
     collect.add_argument("--block", required=True, action="append", help="UNet transformer block (repeatable)")
     collect.add_argument("--prompts", required=True, help="text file, one prompt per line")
     collect.add_argument("--out", required=True, help="output folder (one subfolder per block if several)")
     collect.add_argument("--site", default="delta", choices=["delta", "output"],
                          help="delta = block output - input (default), output = block output")
-    collect.add_argument("--steps", type=int, help="denoising steps (default: the model's paint_app.json, else 4)")
+    collect.add_argument("--steps", type=int, help="denoising steps (default: the model's own, from its sae.models entry point, else 4)")
     collect.add_argument("--step-index", type=int, action="append", help="keep only this step (repeatable)")
     collect.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call and per shard")
     collect.add_argument("--limit", type=int, help="use only the first N prompts")
@@ -288,13 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "where the feature's last-step activation is in its top fraction: one vector per step "
                            "and CFG half.")
     proto.add_argument("--sae", required=True, help="SAE folder (local or hf://); its config names the block")
-    proto.add_argument("--model", required=True, help="toy, tiny-random-sd, a hub id or a local diffusers folder")
+    proto.add_argument("--model", required=True, help=MODEL_HELP)
     proto.add_argument("--prompts", required=True, help="text file, one prompt per line")
     proto.add_argument("--limit", type=int, help="use only the first N prompts")
     proto.add_argument("--top", type=float, default=0.1, help="share of a feature's positive activations counted")
     proto.add_argument("--block", action="append", help="blocks to keep prototypes for, the SAE's own first "
                        "(default: the SAE's block, from its config, and the later blocks of its level)")
-    proto.add_argument("--steps", type=int, help="denoising steps (default: the model's paint_app.json, else 4)")
+    proto.add_argument("--steps", type=int, help="denoising steps (default: the model's own, from its sae.models entry point, else 4)")
     proto.add_argument("--guidance", type=float, help="guidance scale (default: the model's, else the pipeline's)")
     proto.add_argument("--height", type=int)
     proto.add_argument("--width", type=int)

@@ -3,14 +3,17 @@
 Built-in names:
 - ``tiny-random-sd`` / ``tiny-random-sdxl``: tiny, randomly initialised, deterministic pipelines built in code,
   for tests, benchmarks and quick checks. No files, no network.
-- ``toy``: the paint-app's embedded default, a folder (``$PAINT_APP_TOY_DIR`` or ``assets/toy`` of the checkout).
+- any other short name is looked up in the entry-point group ``sae.models``: a package registers a model with
+  ``[project.entry-points."sae.models"] name = "package.module:function"``, where the function returns
+  ``{"path": <local diffusers folder or hub id>, "defaults": {"width", "height", "steps", "guidance"}}``
+  (paint-app registers its embedded default, ``toy``, this way). ``sae`` itself knows no model's files.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
@@ -18,7 +21,7 @@ import torch
 from .errors import SAEError
 from .tokenizer import make_word_tokenizer
 
-TOY_DIR = Path(os.environ.get("PAINT_APP_TOY_DIR", Path(__file__).resolve().parent.parent / "assets" / "toy"))
+MODELS_GROUP = "sae.models"
 TINY_NAMES = ("tiny-random-sd", "tiny-random-sdxl")
 TINY_WORDS = (
     "a an the and of on in at with top bottom left right middle center red green blue yellow orange purple white "
@@ -67,18 +70,52 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     return table[dtype]
 
 
+def registered_models() -> dict[str, object]:
+    """The short names registered in the entry-point group ``sae.models``, with their entry points."""
+    return {point.name: point for point in entry_points(group=MODELS_GROUP)}
+
+
+def known_model_names() -> tuple[str, ...]:
+    """Every short name: the built-in tiny pipelines, then the registered models."""
+    return TINY_NAMES + tuple(sorted(set(registered_models()) - set(TINY_NAMES)))
+
+
+def resolve_model(name_or_path: str) -> dict:
+    """``{"path": ..., "defaults": {...}}`` of a model: a registered short name's entry point, called; anything
+    else (a built-in tiny name, a hub id, a local folder) is its own path, with no defaults."""
+    points = registered_models()
+    if name_or_path in TINY_NAMES or name_or_path not in points:
+        return {"path": name_or_path, "defaults": {}}
+    try:
+        found = points[name_or_path].load()()
+    except Exception as exc:  # noqa: BLE001 - whatever the registering package raises, named here
+        raise SAEError(f"model {name_or_path!r} (entry point {points[name_or_path].value!r} of group "
+                       f"{MODELS_GROUP!r}) could not be resolved: {exc}") from None
+    if not isinstance(found, dict) or not isinstance(found.get("path"), str | Path) \
+            or not isinstance(found.get("defaults", {}), dict):
+        raise SAEError(f"model {name_or_path!r}: entry point {points[name_or_path].value!r} returned {found!r}; "
+                       'allowed: {"path": <local folder or hub id>, "defaults": {width, height, steps, guidance}}')
+    return {"path": str(found["path"]), "defaults": dict(found.get("defaults") or {})}
+
+
+def model_defaults(name_or_path: str) -> dict:
+    """The generation defaults (width, height, steps, guidance) a registered model asks for; {} for any other."""
+    return resolve_model(name_or_path)["defaults"]
+
+
 def load_diffusers_pipeline(name_or_path: str, device: str | torch.device | None = "auto",
                             dtype: str | torch.dtype | None = None):
-    """Load a pipeline by short name (``toy``, ``tiny-random-sd``, ``tiny-random-sdxl``), hub id or local path."""
+    """Load a pipeline by short name (``tiny-random-sd``, ``tiny-random-sdxl`` or one registered in ``sae.models``,
+    such as paint-app's ``toy``), hub id or local path."""
     if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise SAEError(f"model is {name_or_path!r}; give a short name (toy, {', '.join(TINY_NAMES)}), "
-                         "a hub id (owner/name) or a local folder")
+        raise SAEError(f"model is {name_or_path!r}; give a short name ({', '.join(known_model_names())}), "
+                       "a hub id (owner/name) or a local folder")
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
     if name_or_path in TINY_NAMES:
         pipe = build_tiny_pipeline(name_or_path)
     else:
-        pipe = _from_pretrained(_resolve_model_path(name_or_path), torch_dtype)
+        pipe = _from_pretrained(resolve_model(name_or_path)["path"], torch_dtype)
     pipe.to(torch_device)
     if pipe.unet.dtype != torch_dtype:
         pipe.to(dtype=torch_dtype)
@@ -86,22 +123,13 @@ def load_diffusers_pipeline(name_or_path: str, device: str | torch.device | None
     return pipe
 
 
-def _resolve_model_path(name: str) -> str:
-    if name == "toy":
-        if not (TOY_DIR / "model_index.json").exists():
-            raise SAEError(f"model 'toy' is not built: {TOY_DIR} has no model_index.json; "
-                             "train it with `python -m paint_app.toyworld.train`")
-        return str(TOY_DIR)
-    return name
-
-
 def _from_pretrained(path_or_id: str, torch_dtype: torch.dtype):
     from diffusers import DiffusionPipeline
 
     local = Path(path_or_id).expanduser()
     if not local.exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", path_or_id):
-        raise SAEError(f"model is {path_or_id!r}: not a built-in name (toy, {', '.join(TINY_NAMES)}), "
-                         "not an existing folder and not a hub id of the form owner/name")
+        raise SAEError(f"model is {path_or_id!r}: not a built-in name or a registered model "
+                       f"({', '.join(known_model_names())}), not an existing folder and not a hub id of the form owner/name")
     # diffusers renamed torch_dtype to dtype; the old name still works on older releases.
     kwargs = {"dtype" if _diffusers_takes_dtype() else "torch_dtype": torch_dtype}
     if torch_dtype == torch.float16 and not local.exists():

@@ -148,11 +148,11 @@ def test_paste_from_the_mode_radio_and_a_shipped_paste_session(chromium, toy_ser
     from PIL import Image
 
     from paint_app import cli
+    from paint_app.toyworld import SESSIONS_DIR
     from paint_app.toyworld.bench import rect_mask
     from paint_app.toyworld.judges import Judges
-    from sae.pipelines import TOY_DIR
 
-    session = TOY_DIR / "sessions" / "striped_paste_top_left.json"
+    session = SESSIONS_DIR / "striped_paste_top_left.json"
     page = open_page(chromium, toy_server, layer_text="blue")
     try:
         old = output_src(page)

@@ -8,8 +8,9 @@
   generated images are softer than renders).
 - texture: a small MLP on where the pattern shade lies in the region's foreground: its share of the pixels and
   of rows / columns that are mostly or half shade (stripes fill whole rows, dots half of some rows and columns).
-Weights are safetensors, metadata and held-out accuracies JSON (``assets/toy/judges``). Train and evaluate with
-``python -m paint_app.toyworld.judges [--out assets/toy/judges]``.
+Weights are safetensors, metadata and held-out accuracies JSON (``paint_app/assets/toy/judges``, package data:
+``paint_app.toyworld.JUDGES_DIR``). Train and evaluate with
+``python -m paint_app.toyworld.judges [--out paint_app/assets/toy/judges]``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
+from . import JUDGES_DIR
 from .world import (
     BACKGROUNDS,
     COLOUR_NAMES,
@@ -35,7 +37,6 @@ from .world import (
     scene_for_seed,
 )
 
-JUDGES_DIR = Path(__file__).resolve().parents[2] / "assets" / "toy" / "judges"
 COLOUR_MIN_FRACTION = 0.3
 SHAPE_INPUT = 20
 MIN_OBJECT_PIXELS = 24

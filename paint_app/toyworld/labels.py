@@ -10,7 +10,7 @@ concept: the cosine between its painted direction sigma_f d_f and the concept's 
 to the SAE's ``labels.json`` with ``source: "ground-truth"`` (labels a user wrote are kept); factors get the
 label of the concept their summed activation matches best.
 
-``python -m paint_app.toyworld.labels assets/toy/saes/<block> [--model toy] [--scenes 300]``
+``python -m paint_app.toyworld.labels paint_app/assets/toy/saes/<block> [--model toy] [--scenes 300]``
 """
 
 from __future__ import annotations

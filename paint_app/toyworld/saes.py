@@ -1,6 +1,6 @@
 """Make the toy model's SAEs with the ``sae`` toolkit, then label them from the ground truth.
 
-``python -m paint_app.toyworld.saes [--prompts 1000] [--work runs/toy_sae] [--out assets/toy/saes] [--overwrite]``
+``python -m paint_app.toyworld.saes [--prompts 1000] [--work runs/toy_sae] [--out paint_app/assets/toy/saes] [--overwrite]``
 
 1. captions of held-out scenes -> ``sae collect`` (every chosen block at once, the model's default steps/guidance);
 2. per block: ``sae train``, then ``sae factors`` and ``sae top-examples`` on the shipped folder;
@@ -27,11 +27,11 @@ import torch
 
 from sae.cli import main as sae_main
 
+from . import SAES_DIR
 from .labels import TRIAL_MODES, label_sae, set_trial_scores
 from .model import BLOCK_ROLES, text_entry_of
 from .world import prompts
 
-ROOT = Path(__file__).resolve().parents[2]
 SAE_SEED_BASE = 40_000_000
 # block: (features, k) of its SAE
 BLOCKS = {
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", nargs="*", choices=list(BLOCKS),
                         help="default: " + "; ".join(f"{', '.join(b)} (text entry: {entry})"
                                                      for entry, b in DEFAULT_BLOCKS.items()))
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "toy_sae")
-    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "toy" / "saes")
+    parser.add_argument("--work", type=Path, default=Path("runs") / "toy_sae")
+    parser.add_argument("--out", type=Path, default=SAES_DIR)
     parser.add_argument("--label-scenes", type=int, default=300)
     parser.add_argument("--n-factors", type=int, default=24)
     parser.add_argument("--site", choices=("delta", "output"), default="delta",

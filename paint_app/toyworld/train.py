@@ -1,4 +1,4 @@
-"""Train the toy model: ``python -m paint_app.toyworld.train [--out assets/toy] [--work runs/toy]``.
+"""Train the toy model: ``python -m paint_app.toyworld.train [--out paint_app/assets/toy] [--work runs/toy]``.
 
 Three stages, each resumable from checkpoints in ``--work`` (safetensors + JSON, no pickles):
 1. the VAE, on 32x32 crops of rendered scenes (convolutional, so crops teach it the full image);
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from . import TOY_DIR
 from .model import (
     BLOCK_ROLES,
     MAX_TOKENS,
@@ -41,7 +42,6 @@ from .model import (
 )
 from .world import SIZE, caption, partial_caption, render, scene_for_seed
 
-ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SEED_BASE = 0  # training scenes use seeds [0, scenes); held-out evaluation uses seeds >= HELD_OUT_SEED_BASE
 HELD_OUT_SEED_BASE = 10_000_000
 TOY_REFERENCE = "reference.png"
@@ -51,8 +51,8 @@ DEFAULTS = {"width": SIZE, "height": SIZE, "steps": 8, "guidance": 3.0}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m paint_app.toyworld.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "toy", help="where the pipeline is saved")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "toy", help="checkpoints and caches")
+    parser.add_argument("--out", type=Path, default=TOY_DIR, help="where the pipeline is saved")
+    parser.add_argument("--work", type=Path, default=Path("runs") / "toy", help="checkpoints and caches")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
