@@ -11,6 +11,7 @@ from pathlib import Path
 from sae.errors import SAEError
 
 from .errors import PaintError
+from .modes import RANKS
 
 
 def _add_model_args(parser: argparse.ArgumentParser, model_default: str | None = "toy") -> None:
@@ -53,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     listed.add_argument("--recipes", action="store_true",
                         help="list each concept's recipe instead: the edit (mode, feature or factor, strength, "
                              "steps) measured to paint it best on each block, with the share of trials that worked")
-    features.add_argument("--rank", choices=("write", "replace", "paste"), default="write",
-                          help="order of search results: best painters for add/set layers (write score), for "
-                               "replace layers (with a prototype, by replace score) or for paste layers (with an "
-                               "example, by paste score)")
+    features.add_argument("--rank", choices=RANKS, default="write",
+                          help="order of search results: best painters for add/set layers (write score), or for "
+                               "the layers of a mode that needs something of a concept (replace: a prototype; paste "
+                               "and fill: an example), those that have it first, by that mode's measured score")
     features.add_argument("--json", action="store_true", help="one JSON object per line")
     features.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
     return parser

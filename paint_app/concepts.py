@@ -19,7 +19,8 @@ from sae.recipes import Recipes, load_recipes
 
 from .errors import ModelError, PaintError
 from .models import ModelProfile
-from .steering import EXAMPLE_MODES
+from .modes import MODES, RANKS
+from .painting import Concept
 
 _BLOCK_IN_NAME = re.compile(r"((?:down_blocks|up_blocks)\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+)")
 
@@ -48,11 +49,8 @@ class BlockConcepts:
         return pasteable_record(self.examples.get(feature)) is not None
 
     def can_paint(self, feature: int, mode: str) -> bool:
-        """Whether a layer of ``mode`` can paint the feature: ``replace`` needs a prototype, ``paste`` and ``fill``
-        an example, the other modes nothing."""
-        if mode == "replace":
-            return self.replaceable(feature)
-        return self.pasteable(feature) if mode in EXAMPLE_MODES else True
+        """Whether a layer of ``mode`` can paint the feature (what the mode needs: ``paint_app.modes``)."""
+        return MODES[mode].can_paint(self, feature)
 
 
 class ConceptLibrary:
@@ -110,30 +108,36 @@ class ConceptLibrary:
                              f"SAEs are loaded for: {', '.join(sorted(self.blocks)) or 'no block'}")
         return self.blocks[block]
 
-    def resolve(self, layer, where: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        """Features and weights of a session layer's concept (a feature, a factor or a weighted mix)."""
+    def resolve(self, concept: Concept, where: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """Features and weights of a concept (a feature, a factor or a weighted mix)."""
+        if not isinstance(concept, Concept):  # a session layer
+            concept = concept.to_concept()
         try:
-            return self._resolve(layer, where)
+            return self._resolve(concept, where)
         except SAEError as exc:
             raise ModelError(str(exc)) from None
 
-    def _resolve(self, layer, where: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        entry = self.get(layer.block, f"{where}.block")
-        if layer.feature is not None:
-            entry.sae.check_feature(layer.feature, f"{where}.feature")
-            return (layer.feature,), (1.0,)
-        if layer.factor is not None:
+    def weights(self, concept: Concept, where: str = "concept") -> dict[int, float]:
+        """A concept's features with their weights."""
+        return dict(zip(*self.resolve(concept, where)))
+
+    def _resolve(self, concept: Concept, where: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        entry = self.get(concept.block, f"{where}.block")
+        if concept.feature is not None:
+            entry.sae.check_feature(concept.feature, f"{where}.feature")
+            return (concept.feature,), (1.0,)
+        if concept.factor is not None:
             if entry.factors is None:
-                raise ModelError(f"{where}.factor is {layer.factor} but block {layer.block!r} has no factors file "
-                                 "(factors.safetensors beside its SAE); make one with `sae factors`")
-            if not 0 <= layer.factor < entry.factors.n_factors:
-                raise ModelError(f"{where}.factor is {layer.factor}; block {layer.block!r} has factors "
+                raise ModelError(f"{where}.factor is {concept.factor} but block {concept.block!r} has no factors "
+                                 "file (factors.safetensors beside its SAE); make one with `sae factors`")
+            if not 0 <= concept.factor < entry.factors.n_factors:
+                raise ModelError(f"{where}.factor is {concept.factor}; block {concept.block!r} has factors "
                                  f"0..{entry.factors.n_factors - 1}")
-            weights = entry.factors.features_of(layer.factor)
+            weights = entry.factors.features_of(concept.factor)
             return tuple(weights), tuple(weights.values())
-        for feature in layer.features:
+        for feature, _ in concept.mix:
             entry.sae.check_feature(feature, f"{where}.features key")
-        return tuple(layer.features), tuple(layer.features.values())
+        return tuple(f for f, _ in concept.mix), tuple(w for _, w in concept.mix)
 
     def first_concept(self, profile: ModelProfile | None = None) -> dict | None:
         """What a new layer paints when nothing is picked: ``{"block", "concept", "label"}``.
@@ -156,20 +160,21 @@ class ConceptLibrary:
         return {"block": best["block"], "concept": {"feature": best["feature"]}, "label": best["label"]}
 
     def feature_rows(self, block: str | None = None, search: str | None = None, rank: str = "write") -> list[dict]:
-        """One row per feature (block, feature, label, score, write, source, frequency, sigma, ``replace``:
-        whether it has a prototype for ``replace`` layers, ``replace_score``, ``paste``: whether it has a top
-        example for ``paste`` layers, and ``paste_score``), optionally filtered.
+        """One row per feature (block, feature, label, score, write, source, frequency, sigma, and for each mode
+        that needs something of a concept (``replace``, ``paste``, ``fill``): whether the feature has it, under the
+        mode's name, and the mode's measured score where the labels have one, ``<mode>_score``), optionally
+        filtered.
 
-        Search results come best first: by ``write`` (how well painting the feature writes its label) where the
-        labels measured it, else by ``score`` (how well its activation reads the label); with ``rank="replace"``,
-        for ``replace`` layers: features with a prototype first, by ``replace_score`` (the share of trial replace
-        edits judged to paint the label) where measured, then by ``score``; ``rank="paste"`` alike for ``paste``
-        layers."""
+        Search results come best first, by ``rank`` (``paint_app.modes``: each mode names its own): ``write`` (how
+        well painting the feature writes its label) where the labels measured it, else ``score`` (how well its
+        activation reads the label); a mode's own rank lists the features it can paint first, by its score where
+        measured, then by ``score``."""
         if rank not in RANKS:
             raise PaintError(f"rank is {rank!r}; allowed: {', '.join(RANKS)}")
         if block is not None:
             self.get(block)
         words = [w for w in (search or "").lower().split() if w]
+        needing = [mode for mode in MODES.values() if mode.needs]
         rows = []
         for name, entry in sorted(self.blocks.items()):
             if block is not None and name != block:
@@ -181,15 +186,16 @@ class ConceptLibrary:
                 text = label.label if label else ""
                 if words and not all(w in text.lower() for w in words):
                     continue
-                rows.append({"block": name, "feature": feature, "label": text,
-                             "score": round(label.score, 4) if label else 0.0,
-                             "write": label.write if label else None,
-                             "source": label.source if label else "", "frequency": frequency[feature],
-                             "sigma": sigma[feature], "replace": entry.replaceable(feature),
-                             "replace_score": label.replace if label else None,
-                             "paste": entry.pasteable(feature), "paste_score": label.paste if label else None})
+                row = {"block": name, "feature": feature, "label": text,
+                       "score": round(label.score, 4) if label else 0.0, "write": label.write if label else None,
+                       "source": label.source if label else "", "frequency": frequency[feature],
+                       "sigma": sigma[feature]}
+                for mode in needing:
+                    row[mode.name] = mode.can_paint(entry, feature)
+                    row[f"{mode.name}_score"] = getattr(label, mode.name, None) if label else None
+                rows.append(row)
         if words:
-            rows.sort(key=RANKS[rank])
+            rows.sort(key=SORT_KEYS[rank])
         return rows
 
     def factor_rows(self, block: str | None = None, search: str | None = None) -> list[dict]:
@@ -204,8 +210,8 @@ class ConceptLibrary:
                 top = entry.factors.features_of(factor)
                 rows.append({"block": name, "factor": factor, "label": label,
                              "features": {str(f): round(w, 4) for f, w in list(top.items())[:8]},
-                             "replace": any(entry.replaceable(f) for f in top),
-                             "paste": any(entry.pasteable(f) for f in top)})
+                             **{mode.name: any(mode.can_paint(entry, f) for f in top)
+                                for mode in MODES.values() if mode.needs}})
         return rows
 
     def recipe_rows(self, block: str | None = None, search: str | None = None) -> list[dict]:
@@ -235,8 +241,8 @@ def paint_rank(row: dict) -> tuple[int, float]:
 
 
 def trial_rank(mode: str):
-    """Sort key of feature rows for ``mode`` layers (replace or paste): the features the mode can paint first,
-    by their measured score of that name where there is one, then by label score."""
+    """Sort key of feature rows for ``mode`` layers (a mode that needs something of a concept): the features the
+    mode can paint first, by their measured score of that name where there is one, then by label score."""
 
     def key(row: dict) -> tuple[int, float, float]:
         if not row[mode]:
@@ -248,7 +254,7 @@ def trial_rank(mode: str):
     return key
 
 
-RANKS = {"write": paint_rank, "replace": trial_rank("replace"), "paste": trial_rank("paste")}
+SORT_KEYS = {rank: paint_rank if rank == "write" else trial_rank(rank) for rank in RANKS}
 
 
 def _block_from_name(text: str) -> str:

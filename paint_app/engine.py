@@ -1,8 +1,8 @@
-"""generate(session) -> image, on one loaded pipeline shared by every request.
+"""generate(painting) -> image, on one loaded pipeline shared by every request; ``load_engine`` makes one.
 
 The one place for locking: a pipeline (its scheduler above all) is not safe to run from two threads at once, and
 hooks live on shared modules, so generations run one at a time under ``Engine.lock``. Per-request state lives in
-the session and the plan built from it, never on the engine, so concurrent users never see each other's edits.
+the painting and the plan built from it, never on the engine, so concurrent users never see each other's edits.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -21,8 +22,9 @@ from sae.exemplars import Example, pasteable_record, record_example
 from .concepts import ConceptLibrary
 from .errors import ModelError, PaintError
 from .models import LoadedModel, load_model
-from .session import Session
-from .steering import EXAMPLE_MODES, Edit, Plan, apply_plan, keep_outside, painted_cover, paste_outside
+from .painting import Painting
+from .session import Session, as_painting
+from .steering import Edit, Plan, apply_plan, keep_outside, painted_cover, paste_outside
 from .step_cache import StepCache
 
 PROMPT_CACHE_SIZE = 64
@@ -32,7 +34,7 @@ EXAMPLE_CACHE_SIZE = 8  # paste examples: outputs of a few blocks over every ste
 
 @dataclass
 class Unpainted:
-    """The run of a session's settings with no layers: its latents after each step, and its image."""
+    """The run of a painting's settings with no layers: its latents after each step, and its image."""
 
     latents: list[torch.Tensor]
     image: Image.Image
@@ -59,18 +61,19 @@ class Engine:
     def pipeline(self):
         return self.model.pipeline
 
-    def uses_cfg(self, session: Session) -> bool:
-        return session.guidance > 1.0 and self.pipeline.unet.config.time_cond_proj_dim is None
+    def uses_cfg(self, painting: Painting) -> bool:
+        return painting.guidance > 1.0 and self.pipeline.unet.config.time_cond_proj_dim is None
 
-    def plan(self, session: Session) -> Plan:
-        """The steering plan of a session: one edit per enabled layer with a non-empty mask."""
+    def plan(self, painting: Painting | Session) -> Plan:
+        """The steering plan of a painting: one edit per enabled layer with a non-empty mask."""
+        painting = as_painting(painting)
         edits = []
-        for i, layer in enumerate(session.layers):
+        for i, layer in enumerate(painting.layers):
             where = f"layers[{i}]"
             if not layer.enabled:
                 continue
-            features, weights = self.concepts.resolve(layer, where)
-            mask = torch.from_numpy(layer.mask_array(session.width, session.height))
+            features, weights = self.concepts.resolve(layer.concept, where)
+            mask = torch.from_numpy(mask_levels(layer.shown_mask()))
             if not bool(mask.any()):
                 continue
             edits.append(Edit(block=layer.block, features=features, weights=weights, mask=mask,
@@ -79,96 +82,104 @@ class Engine:
         blocks = {edit.block: self.concepts.blocks[edit.block] for edit in edits}
         prototypes = {block: entry.prototypes for block, entry in blocks.items() if entry.prototypes is not None}
         examples = {block: entry.examples for block, entry in blocks.items() if entry.examples}
-        return Plan(edits, {block: entry.sae for block, entry in blocks.items()}, prototypes, session.steps,
+        return Plan(edits, {block: entry.sae for block, entry in blocks.items()}, prototypes, painting.steps,
                     examples=examples)
 
-    def check_model(self, session: Session) -> None:
-        if session.model != self.model.name:
-            raise PaintError(f"model is {session.model!r}; this engine runs {self.model.name!r} "
+    def check_model(self, painting: Painting) -> None:
+        if painting.model != self.model.name:
+            raise PaintError(f"model is {painting.model!r}; this engine runs {self.model.name!r} "
                              "(render with --model to override the session's model)")
 
-    def generate(self, session: Session, replay: bool = True) -> Image.Image:
-        return self.generate_timed(session, replay).image
+    def generate(self, painting: Painting | Session, replay: bool = True) -> Image.Image:
+        return self.generate_timed(painting, replay).image
 
-    def generate_timed(self, session: Session, replay: bool = True) -> Generation:
-        """Render ``session``. With ``replay`` the steps before any edit acts may be replayed from the step cache
-        (same pixels); callers that hook the UNet's blocks themselves pass ``replay=False`` so every step runs."""
-        self.check_model(session)
-        plan = self.plan(session)
-        cfg = self.uses_cfg(session)
+    def generate_timed(self, painting: Painting | Session, replay: bool = True) -> Generation:
+        """Render a painting (a painting file's is decoded first).
+
+        1. plan the edits (each layer's concept resolved to features, its mask moved and put on 8-bit levels);
+        2. encode the prompt (cached);
+        3. with nothing painted: the plain run, kept for later repaints;
+        4. else make what the plan's modes need (examples), and with ``keep_outside`` the plain run to keep;
+        5. run with the plan's hooks; steps before any edit acts may be replayed from the step cache (same
+           pixels) when ``replay`` (callers that hook the UNet's blocks themselves pass ``replay=False``);
+        6. with ``keep_outside``, paste the plain image back outside the painted cover.
+        """
+        painting = as_painting(painting)
+        self.check_model(painting)
+        plan = self.plan(painting)
+        cfg = self.uses_cfg(painting)
         with self.lock:
             start = time.perf_counter()
-            embeds, cached = self.prompt_embeddings(session.prompt, session.negative_prompt, cfg)
-            settings = (self.model.name, session.prompt, session.negative_prompt, session.seed, session.steps,
-                        session.guidance, session.width, session.height)
+            embeds, cached = self.prompt_embeddings(painting.prompt, painting.negative_prompt, cfg)
+            settings = painting.settings()
             if not plan.edits:
-                plain = self._plain_run(session, settings, embeds, replay)
+                plain = self._plain_run(painting, settings, embeds, replay)
                 if replay:  # kept for later keep_outside repaints; with replay=False the caller's hooks may be on
                     self._remember_unpainted(settings, plain)
                 return Generation(plain.image, time.perf_counter() - start, cached)
-            self._make_pastes(plan, session)
+            self._make_pastes(plan, painting)
             on_step_end = None
-            if session.keep_outside:
-                unpainted = self._unpainted_run(session, settings, embeds, replay)
+            if painting.keep_outside:
+                unpainted = self._unpainted_run(painting, settings, embeds, replay)
                 cover = painted_cover(plan, tuple(unpainted.latents[-1].shape[-2:]))
                 on_step_end = self._keeping_outside(unpainted.latents, cover)
-            generator = torch.Generator(device="cpu").manual_seed(session.seed)
-            replayable = plan.first_step(session.steps) if replay else 0
-            with torch.no_grad(), apply_plan(self.pipeline.unet, plan, cfg=cfg), \
-                    self.step_cache.replaying(self.pipeline.unet, settings, replayable):
-                image = self._run(session, embeds, generator, on_step_end).images[0]
-            if session.keep_outside:
+            generator = torch.Generator(device="cpu").manual_seed(painting.seed)
+            replayable = plan.first_step(painting.steps) if replay else 0
+            with torch.no_grad(), self.step_cache.replaying(self.pipeline.unet, settings, replayable), \
+                    apply_plan(self.pipeline.unet, plan, cfg=cfg):
+                image = self._run(painting, embeds, generator, on_step_end).images[0]
+            if painting.keep_outside:
                 image = paste_outside(image, unpainted.image, cover)
             return Generation(image, time.perf_counter() - start, cached)
 
-    def _make_pastes(self, plan: Plan, session: Session) -> None:
-        """Fill ``plan.pasted``: each ``paste`` (``fill``) edit's example (made once per feature and settings, then
-        cached), moved onto its mask (averaged over its window over the whole mask)."""
-        pastes = [(i, edit) for i, edit in enumerate(plan.edits) if edit.mode in EXAMPLE_MODES]
+    def _make_pastes(self, plan: Plan, painting: Painting) -> None:
+        """Fill ``plan.pasted``: each edit whose mode needs an example gets it (made once per feature and settings,
+        then cached), laid on its mask by its mode (``paste``: moved onto it; ``fill``: averaged over its window)."""
+        pastes = [(i, edit) for i, edit in enumerate(plan.edits) if edit.how.needs == "example"]
         if pastes:
             plan.validate()
         for i, edit in pastes:
             feature = plan.paste_feature(edit)
             record = pasteable_record(plan.examples[edit.block][feature])
-            key = (edit.block, feature, record["prompt"], record["seed"], session.steps, session.guidance,
-                   session.width, session.height)
+            key = (edit.block, feature, record["prompt"], record["seed"], painting.steps, painting.guidance,
+                   painting.width, painting.height)
             if key not in self._examples:
                 try:
                     self._examples[key] = record_example(
                         self.pipeline, plan.saes[edit.block], edit.block, feature, record,
-                        num_inference_steps=session.steps, guidance_scale=session.guidance, height=session.height,
-                        width=session.width)
+                        num_inference_steps=painting.steps, guidance_scale=painting.guidance, height=painting.height,
+                        width=painting.width)
                 except SAEError as exc:
                     raise ModelError(f"layers[{i}].mode is {edit.mode!r}: {exc}") from None
                 while len(self._examples) > EXAMPLE_CACHE_SIZE:
                     self._examples.popitem(last=False)
             self._examples.move_to_end(key)
             example = self._examples[key]
-            plan.pasted[i] = example.filled(edit.mask) if edit.mode == "fill" else example.moved(edit.mask)
+            plan.pasted[i] = edit.how.from_example(example, edit.mask)
 
-    def _run(self, session: Session, embeds: dict, generator: torch.Generator, on_step_end=None):
+    def _run(self, painting: Painting, embeds: dict, generator: torch.Generator, on_step_end=None):
         extra = {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]} \
             if on_step_end else {}
-        return self.pipeline(**embeds, num_inference_steps=session.steps, guidance_scale=session.guidance,
-                             width=session.width, height=session.height, generator=generator,
+        return self.pipeline(**embeds, num_inference_steps=painting.steps, guidance_scale=painting.guidance,
+                             width=painting.width, height=painting.height, generator=generator,
                              output_type="pil", **extra)
 
-    def _plain_run(self, session: Session, settings: tuple, embeds: dict, replay: bool) -> Unpainted:
-        """The session's settings with no layers, recording the latents after each step (the run also fills the
+    def _plain_run(self, painting: Painting, settings: tuple, embeds: dict, replay: bool) -> Unpainted:
+        """The painting's settings with no layers, recording the latents after each step (the run also fills the
         step cache, so a painted run that follows replays the steps before its first edit)."""
         latents: list[torch.Tensor] = []
-        generator = torch.Generator(device="cpu").manual_seed(session.seed)
+        generator = torch.Generator(device="cpu").manual_seed(painting.seed)
         with torch.no_grad(), self.step_cache.replaying(self.pipeline.unet, settings,
-                                                        session.steps if replay else 0):
-            image = self._run(session, embeds, generator, self._recording(latents)).images[0]
+                                                        painting.steps if replay else 0):
+            image = self._run(painting, embeds, generator, self._recording(latents)).images[0]
         return Unpainted(latents, image)
 
-    def _unpainted_run(self, session: Session, settings: tuple, embeds: dict, replay: bool) -> Unpainted:
-        """The plain run of the session's settings, from the cache or made now."""
+    def _unpainted_run(self, painting: Painting, settings: tuple, embeds: dict, replay: bool) -> Unpainted:
+        """The plain run of the painting's settings, from the cache or made now."""
         if settings in self._unpainted:
             self._unpainted.move_to_end(settings)
             return self._unpainted[settings]
-        return self._remember_unpainted(settings, self._plain_run(session, settings, embeds, replay))
+        return self._remember_unpainted(settings, self._plain_run(painting, settings, embeds, replay))
 
     def _remember_unpainted(self, settings: tuple, unpainted: Unpainted) -> Unpainted:
         self._unpainted[settings] = unpainted
@@ -235,6 +246,11 @@ class Engine:
         if self.model.name in ("toy", "tiny-random-sd", "tiny-random-sdxl"):
             report["unknown_words"] = unknown_words(tokenizer, prompt)
         return report
+
+
+def mask_levels(mask: np.ndarray) -> np.ndarray:
+    """A mask on the 256 levels its painting PNG holds, so a painting renders as its saved painting replays."""
+    return np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8).astype(np.float32) / np.float32(255.0)
 
 
 def load_engine(model: str, sae_paths: list[str], device: str = "auto") -> Engine:

@@ -1,6 +1,6 @@
 """Feature maps of an image during its generation; the strongest features and factors at a point; heatmaps.
 
-A generation runs with read-only forward hooks on the blocks that have SAEs. Each hook reads the block's site
+A generation runs with read-only named hooks on the blocks that have SAEs. Each hook reads the block's site
 (``delta`` = h_out - h_in, or ``output`` = h_out) of the conditional batch row *after* any painted edit, encodes
 it with the block's SAE and sums the codes over denoising steps. The mean code is kept sparsely (the strongest
 ``KEEP`` features per location), enough for the inspector, heatmaps and factor read-outs.
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from diffusers.hooks import ModelHook
 from PIL import Image
 
-from sae.hooks import block_input, block_output, site_value
+from sae.hooks import BlockHook, attached, block_input, block_output, site_value
 from sae.pipelines import get_block
 
 from .engine import Engine
@@ -67,16 +68,17 @@ class FeatureMaps:
         return min(rows - 1, int(y * rows / self.height)), min(cols - 1, int(x * cols / self.width))
 
 
-class _Capture:
-    """A forward hook accumulating one block's SAE codes over the UNet calls of a generation."""
+class _Capture(BlockHook):
+    """A named hook accumulating one block's SAE codes over the UNet calls of a generation."""
 
     def __init__(self, sae) -> None:
+        super().__init__()
         self.sae = sae
         self.total: torch.Tensor | None = None
         self.calls = 0
 
     @torch.no_grad()
-    def __call__(self, module, args, kwargs, output) -> None:
+    def after(self, module, args, kwargs, output) -> None:
         h_out = block_output(output)
         x = site_value(self.sae.config.site, block_input(args, kwargs), h_out)[-1]  # the conditional row
         param = self.sae.W_dec
@@ -92,25 +94,29 @@ class _Capture:
         return BlockMap(top.values.cpu().numpy(), top.indices.cpu().numpy(), mean.shape[-1])
 
 
+class _AttachAtFirstCall(ModelHook):
+    """The UNet's named hook that attaches the capture hooks at its first call, when the engine's edit hooks are
+    already on the blocks, so the captures wrap them and read edited activations."""
+
+    def __init__(self, unet: torch.nn.Module, captures: dict[str, _Capture], stack: ExitStack) -> None:
+        super().__init__()
+        self.unet, self.captures, self.stack = unet, captures, stack
+        self.done = False
+
+    def pre_forward(self, module, *args, **kwargs):
+        if not self.done:
+            self.done = True
+            self.stack.enter_context(attached([(get_block(self.unet, block), "paint-app.capture", capture)
+                                               for block, capture in self.captures.items()]))
+        return args, kwargs
+
+
 @contextmanager
 def _captures_after_edits(unet: torch.nn.Module, captures: dict[str, _Capture]) -> Iterator[None]:
-    """Attach the capture hooks at the UNet's first call, after the engine's edit hooks, so they read edited
-    activations; every hook is removed on exit."""
-    handles = []
-
-    def attach(module, args) -> None:
-        if handles:
-            return
-        for block, capture in captures.items():
-            handles.append(get_block(unet, block).register_forward_hook(capture, with_kwargs=True))
-
-    trigger = unet.register_forward_pre_hook(attach)
-    try:
+    """Capture hooks on the blocks, attached after the engine's edit hooks; every hook is removed on exit."""
+    with ExitStack() as stack:
+        stack.enter_context(attached([(unet, "paint-app.capture-trigger", _AttachAtFirstCall(unet, captures, stack))]))
         yield
-    finally:
-        trigger.remove()
-        for handle in handles:
-            handle.remove()
 
 
 def capture_feature_maps(engine: Engine, session: Session, blocks: list[str] | None = None,

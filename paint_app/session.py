@@ -1,7 +1,8 @@
-"""The session file, version 1 (DESIGN §6): parse, validate, save.
+"""The session file, version 1 (docs/design.md §6): the JSON form of a ``Painting``; parse, validate, save.
 
 A session is self-contained JSON that replays to the same pixels with the same model and SAEs. Every field is
-validated; an error names the field, the value and what is allowed.
+validated; an error names the field, the value and what is allowed. This is the only place masks are PNGs: a
+``Painting`` in memory holds numpy masks (``Session.to_painting``, ``Session.of``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import SessionError
-from .steering import MODES
+from .modes import NAMES as MODES
+from .painting import Concept, Painting, shift
+from .painting import Layer as PaintedLayer
 
 VERSION = 1
 MAX_SIZE = 2048
@@ -90,19 +93,6 @@ class Mask:
         return {"png": self.png} if self.png is not None else {"rects": self.rects}
 
 
-def shift(array: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
-    """Move a mask by (dx, dy) pixels; what leaves the image is dropped, what enters is zero."""
-    dx, dy = offset
-    if dx == 0 and dy == 0:
-        return array
-    height, width = array.shape
-    out = np.zeros_like(array)
-    src_x, dst_x = slice(max(0, -dx), min(width, width - dx)), slice(max(0, dx), min(width, width + dx))
-    src_y, dst_y = slice(max(0, -dy), min(height, height - dy)), slice(max(0, dy), min(height, height + dy))
-    out[dst_y, dst_x] = array[src_y, src_x]
-    return out
-
-
 def decode_png_mask(text: str, width: int, height: int, field_name: str) -> np.ndarray:
     try:
         raw = base64.b64decode(text, validate=True)
@@ -148,6 +138,28 @@ class Layer:
 
     def mask_array(self, width: int, height: int) -> np.ndarray:
         return self.mask.to_array(width, height, self.offset)
+
+    def to_concept(self) -> Concept:
+        if self.feature is not None:
+            return Concept(self.block, feature=self.feature)
+        if self.factor is not None:
+            return Concept(self.block, factor=self.factor)
+        return Concept.of_mix(self.block, self.features or {})
+
+    def to_painted(self, width: int, height: int) -> PaintedLayer:
+        """The layer in memory: its mask decoded (unshifted) at the session's size."""
+        return PaintedLayer(self.to_concept(), self.mask.to_array(width, height), name=self.name, mode=self.mode,
+                            strength=self.strength, step_range=self.step_range, offset=tuple(self.offset),
+                            enabled=self.enabled, cond_only=self.cond_only)
+
+    @classmethod
+    def of(cls, layer: PaintedLayer) -> Layer:
+        """A painted layer's JSON form: its mask as a grey PNG."""
+        concept = layer.concept
+        return cls(block=concept.block, mask=Mask(png=encode_png_mask(layer.mask)), name=layer.name,
+                   feature=concept.feature, factor=concept.factor, features=concept.weights, mode=layer.mode,
+                   strength=float(layer.strength), step_range=layer.step_range, offset=tuple(layer.offset),
+                   enabled=layer.enabled, cond_only=layer.cond_only)
 
     def concept(self) -> str:
         if self.feature is not None:
@@ -238,6 +250,19 @@ class Session:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
+
+    def to_painting(self) -> Painting:
+        """The painting this session describes, masks decoded to numpy."""
+        return Painting(self.model, self.prompt, self.negative_prompt, self.seed, self.width, self.height, self.steps,
+                        self.guidance, [layer.to_painted(self.width, self.height) for layer in self.layers],
+                        self.keep_outside)
+
+    @classmethod
+    def of(cls, painting: Painting, saes: list[str] | None = None) -> Session:
+        """A painting's JSON form (``saes``: the SAE paths that ``paint-app render`` should load)."""
+        return cls(painting.model, painting.prompt, painting.negative_prompt, painting.seed, painting.width,
+                   painting.height, painting.steps, painting.guidance, [Layer.of(layer) for layer in painting.layers],
+                   list(saes or []), painting.keep_outside)
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a failed save leaves any earlier file whole."""
@@ -346,3 +371,8 @@ def _parse_mask(value: Any, where: str, session: Session) -> Mask:
             raise _fail(f"{where}.rects[{i}]", rect, f"[x0, y0, x1, y1] whole pixels inside the image: "
                         f"0 <= x0 < x1 <= {session.width}, 0 <= y0 < y1 <= {session.height}")
     return Mask(rects=[list(r) for r in rects])
+
+
+def as_painting(value: Painting | Session) -> Painting:
+    """A painting, from a painting or a session."""
+    return value.to_painting() if isinstance(value, Session) else value

@@ -1,20 +1,10 @@
-"""Edits, plans, and the hook that applies them to a UNet block (DESIGN §5).
+"""Edits, plans, and the hooks that apply them to a UNet's blocks (docs/modes.md).
 
-With mask m (on the block's grid), strength s, feature f (decoder direction d_f, typical value sigma_f):
-- add:   h_out += m * s * sigma_f * d_f            (a group of features: d = sum_f w_f sigma_f d_f)
-- set:   h_out += m * (s * w_f * sigma_f - z_f) * d_f, feature by feature (the SAE's error stays in h_out)
-- erase: set with s = 0
-- replace: h_out = h_out + m * (p_t - h_out) at the SAE's block and the later blocks of its level, where p_t is
-  the concept's prototype at step t (``sae.prototypes``: the block's mean output where the features fire most);
-  overwrites what is there instead of adding to it, and ignores the strength
-- paste: the same overwrite with a real example instead of a mean: E_t is the output of the feature's top example
-  made again with the run's settings (``sae.exemplars``), at the SAE's block and every later block of its grid or
-  finer, and the mask is narrowed to the window w where the feature fires in it; both are moved by whole cells so
-  the window is centred on the mask: h_out = h_out + m * w * (E_t - h_out); the strength is not used
-- fill: the paste edit's example averaged over its window at each step, written over the whole mask:
-  h_out = h_out + m * (mean_w E_t - h_out); like replace, but the value is one real object's (a colour in one
-  piece) instead of a mean over many images' cells
-z_f is the SAE code of the block's site (``delta`` = h_out - h_in, or ``output`` = h_out) before any edit.
+An ``Edit`` is one concept painted on one block: its features with weights, a soft mask in image pixels, and its
+mode (``paint_app.modes``: each mode says how it acts). A ``Plan`` holds every edit of one generation with what the
+modes need (the SAEs, prototypes, examples). ``apply_plan`` attaches named hooks (``sae.hooks.attached``): a
+``StepCounter`` on the UNet, and per block with edits a ``BlockEditor`` (modes acting in the SAE's directions:
+add, set, erase) and/or a ``BlockReplacer`` (modes overwriting the block: replace, paste, fill), in that order.
 All edits on a block are computed from the unedited activations and add up.
 With ``keep_outside`` the engine also blends, after every step, the latents with the unpainted run's outside
 the painted cover c (the latent cells any mask touches): x = c * x + (1 - c) * x_unpainted, and
@@ -31,19 +21,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.hooks import ModelHook
 from PIL import Image
 
 from sae.exemplars import pasteable_record
-from sae.hooks import block_input, block_output, forward_hooks, replace_block_output, site_value
+from sae.hooks import BlockHook, attached, block_input, block_output, replace_block_output, site_value
 from sae.model import SAE
 from sae.pipelines import get_block
 from sae.prototypes import Prototypes
 
 from .errors import ModelError, PaintError
-
-MODES = ("add", "set", "erase", "replace", "paste", "fill")
-OVERWRITING = ("replace", "paste", "fill")  # modes whose edits overwrite blocks (BlockReplacer), not add to one
-EXAMPLE_MODES = ("paste", "fill")  # modes that write a feature's top example made again (``sae.exemplars``)
+from .modes import MODES, NAMES, EditMode
 
 
 @dataclass
@@ -61,7 +49,7 @@ class Edit:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise PaintError(f"mode is {self.mode!r}; allowed: {', '.join(MODES)}")
+            raise PaintError(f"mode is {self.mode!r}; allowed: {', '.join(NAMES)}")
         if not self.features:
             raise PaintError("an edit needs at least one feature")
         if not self.weights:
@@ -72,6 +60,11 @@ class Edit:
             raise PaintError(f"strength is {self.strength!r}; it must be a finite number")
         if self.mask.ndim != 2:
             raise PaintError(f"mask must be 2-D [height, width], got shape {list(self.mask.shape)}")
+
+    @property
+    def how(self) -> EditMode:
+        """The edit's mode object."""
+        return MODES[self.mode]
 
     def active_at(self, step: int) -> bool:
         return self.step_range is None or self.step_range[0] <= step < self.step_range[1]
@@ -99,20 +92,16 @@ class Plan:
         return max(usable, key=lambda pair: (pair[0], -pair[1]))[1] if usable else None
 
     def blocks(self) -> list[str]:
-        return sorted({edit.block for edit in self.edits if edit.mode not in OVERWRITING})
+        """The blocks with edits that act in their SAE's directions (``BlockEditor``)."""
+        return sorted({edit.block for edit in self.edits if not edit.how.overwrites})
 
     def replaced(self) -> dict[str, list[tuple[Edit, torch.Tensor, torch.Tensor | None]]]:
-        """Per block that ``replace``, ``paste`` and ``fill`` edits overwrite: (edit, what it writes there, window):
-        a prototype or a fill's window mean [steps, rows, C] and no window, or an example [steps, rows, C, H, W]
-        and its window [H, W]."""
+        """Per block that overwriting edits write: (edit, what it writes there, window): a prototype or a fill's
+        window mean [steps, rows, C] and no window, or an example [steps, rows, C, H, W] and its window [H, W]."""
         result: dict[str, list[tuple[Edit, torch.Tensor, torch.Tensor | None]]] = {}
         for i, edit in enumerate(self.edits):
-            if edit.mode == "replace":
-                for block, prototype in self.prototypes[edit.block].concept(edit.features, edit.weights).items():
-                    result.setdefault(block, []).append((edit, prototype, None))
-            elif edit.mode in EXAMPLE_MODES:
-                for block, (example, window) in self.pasted[i].items():
-                    result.setdefault(block, []).append((edit, example, window))
+            for block, (written, window) in edit.how.written(self, i, edit).items():
+                result.setdefault(block, []).append((edit, written, window))
         return result
 
     def first_step(self, steps: int) -> int:
@@ -127,25 +116,7 @@ class Plan:
                                  f"SAEs are loaded for: {', '.join(sorted(self.saes)) or 'no block'}")
             for feature in edit.features:
                 sae.check_feature(feature, f"layers[{i}] feature")
-            if edit.mode == "replace":
-                self._check_prototypes(i, edit)
-            if edit.mode in EXAMPLE_MODES and self.paste_feature(edit) is None:
-                raise ModelError(f"layers[{i}].mode is {edit.mode!r} but feature(s) {', '.join(map(str, edit.features))} "
-                                 f"of block {edit.block!r} have no top example with a prompt and seed to make again "
-                                 "(top_examples.json beside the SAE; make it with `sae top-examples`); "
-                                 "use mode add, set, erase or replace")
-
-    def _check_prototypes(self, i: int, edit: Edit) -> None:
-        prototypes = self.prototypes.get(edit.block)
-        if prototypes is None:
-            raise ModelError(f"layers[{i}].mode is 'replace' but the SAE for block {edit.block!r} has no "
-                             "prototypes.safetensors; make them with `sae prototypes --sae <SAE folder> --model "
-                             "<model> --prompts <file>`, or use mode add, set or erase")
-        if not any(prototypes.has(f) and w > 0 for f, w in zip(edit.features, edit.weights)):
-            raise ModelError(f"layers[{i}].mode is 'replace' but feature(s) "
-                             f"{', '.join(map(str, edit.features))} of block {edit.block!r} have no prototype (they "
-                             "never fired strongly on the prompts the prototypes were made from); "
-                             "use mode add, set or erase")
+            edit.how.check(self, i, edit)
 
 
 def grid_mask(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -194,28 +165,32 @@ def paste_outside(painted: Image.Image, unpainted: Image.Image, cover: torch.Ten
     return Image.fromarray(np.rint(out).astype(np.uint8))
 
 
-class StepCounter:
+class StepCounter(ModelHook):
     """Counts UNet calls: the n-th call of a generation is denoising step n (one call per step, CFG batched)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
 
     @property
     def step(self) -> int:
         return self.calls - 1
 
-    def __call__(self, module, args) -> None:
+    def pre_forward(self, module, *args, **kwargs):
         self.calls += 1
+        return args, kwargs
 
 
-class BlockEditor:
-    """The forward hook of one block: applies the block's active edits to its output.
+class BlockEditor(BlockHook):
+    """The hook of one block that applies its edits acting in the SAE's directions to the block's output.
 
-    What does not change between denoising steps (directions, targets, masks on the grid, the summed ``add``
-    edits) is computed once per generation; only ``set``/``erase`` need the SAE code of each step's activations.
+    What does not change between denoising steps (directions, targets, masks on the grid, the summed constant
+    changes) is computed once per generation; only modes with a ``target`` (set, erase) need the SAE code of each
+    step's activations.
     """
 
     def __init__(self, edits: list[Edit], sae: SAE, counter: StepCounter, cfg: bool) -> None:
+        super().__init__()
         self.edits = edits
         self.sae = sae
         self.counter = counter
@@ -226,13 +201,11 @@ class BlockEditor:
             weights = [torch.tensor(e.weights, dtype=param.dtype, device=param.device) for e in edits]
             sigmas = [sae.feature_mean[f] for f in self.features]
             self.directions = [param[f] for f in self.features]  # [n_e, C]
-            self.add_directions = [e.strength * (w * s) @ d for e, w, s, d in
-                                   zip(edits, weights, sigmas, self.directions)]
-            self.targets = [(0.0 if e.mode == "erase" else e.strength) * w * s for e, w, s in
-                            zip(edits, weights, sigmas)]
+            self.constants = [e.how.constant(e, w, s, d) for e, w, s, d in zip(edits, weights, sigmas, self.directions)]
+            self.targets = [e.how.target(e, w, s) for e, w, s in zip(edits, weights, sigmas)]
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def __call__(self, module, args, kwargs, output):
+    def after(self, module, args, kwargs, output):
         active = tuple(i for i, e in enumerate(self.edits) if e.active_at(self.counter.step))
         if not active:
             return None
@@ -245,7 +218,7 @@ class BlockEditor:
         """The summed change of the active edits, shaped like ``h_out`` [batch, C, H, W], in the SAE's dtype."""
         batch, _, height, width = h_out.shape
         delta = self._added(active, batch, height, width)
-        setting = [i for i in active if self.edits[i].mode != "add"]
+        setting = [i for i in active if self.targets[i] is not None]
         if setting:
             delta = delta.clone()
             self._add_settings(delta, h_out, h_in, setting)
@@ -253,7 +226,7 @@ class BlockEditor:
 
     def _add_settings(self, delta: torch.Tensor, h_out: torch.Tensor, h_in: torch.Tensor,
                       setting: list[int]) -> None:
-        """Add the ``set``/``erase`` edits to ``delta`` [b, H, W, C]; the SAE encodes only the cells they cover."""
+        """Add the edits with a target to ``delta`` [b, H, W, C]; the SAE encodes only the cells they cover."""
         sae = self.sae
         batch, height, width = delta.shape[:3]
         cells = self._covered(tuple(setting), height, width)  # [H, W] bool
@@ -275,15 +248,16 @@ class BlockEditor:
         return self._cache[key]
 
     def _added(self, active: tuple[int, ...], batch: int, height: int, width: int) -> torch.Tensor:
-        """Sum of the active ``add`` edits, [batch, H, W, C]; the same at every step with the same active set."""
+        """Sum of the active edits' constant changes, [batch, H, W, C]; the same at every step with the same active
+        set."""
         key = (active, batch, height, width)
         if key not in self._cache:
             param = self.sae.W_dec
             total = torch.zeros(batch, height, width, self.sae.d_in, dtype=param.dtype, device=param.device)
             for i in active:
-                if self.edits[i].mode == "add":
+                if self.constants[i] is not None:
                     total[self._rows(self.edits[i], batch)] += self._grid(i, height, width)[..., None] * \
-                        self.add_directions[i]
+                        self.constants[i]
             self._cache[key] = total
         return self._cache[key]
 
@@ -299,13 +273,14 @@ class BlockEditor:
         return self._cache[key]
 
 
-class BlockReplacer:
-    """The forward hook of one block that ``replace``, ``paste`` and ``fill`` edits overwrite: in each edit's mask
-    (narrowed to its window for ``paste``), the output moves to what the edit writes for the step (h = h + m * (p_t - h)),
-    edits in order, after any other edit of the block."""
+class BlockReplacer(BlockHook):
+    """The hook of one block that overwriting edits write: in each edit's mask (narrowed to its window, if it has
+    one), the output moves to what the edit writes for the step (h = h + m * (p_t - h)), edits in order, after any
+    other edit of the block."""
 
     def __init__(self, edits: list[tuple[Edit, torch.Tensor, torch.Tensor | None]], counter: StepCounter, cfg: bool,
                  steps: int | None) -> None:
+        super().__init__()
         self.edits = edits
         self.counter = counter
         self.cfg = cfg
@@ -320,7 +295,7 @@ class BlockReplacer:
         return min(stored - 1, round(step * (stored - 1) / max(1, self.steps - 1)))
 
     @torch.no_grad()
-    def __call__(self, module, args, kwargs, output):
+    def after(self, module, args, kwargs, output):
         active = [i for i, (edit, _, _) in enumerate(self.edits) if edit.active_at(self.counter.step)]
         if not active:
             return None
@@ -350,31 +325,19 @@ class BlockReplacer:
         return self._masks[key]
 
 
-def chain(first, second):
-    """One forward hook that runs ``first`` then ``second`` on its result (a module takes one hook here)."""
-
-    def hook(module, args, kwargs, output):
-        changed = first(module, args, kwargs, output)
-        output = output if changed is None else changed
-        again = second(module, args, kwargs, output)
-        return output if again is None else again
-
-    return hook
-
-
 @contextmanager
 def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator[StepCounter]:
-    """Hooks on the planned blocks only (none when the plan is empty); always removed on exit."""
+    """The plan's hooks on the planned blocks only (none when the plan is empty); always removed on exit."""
     if not plan.edits:
         yield StepCounter()
         return
     plan.validate()
-    missing = [i for i, edit in enumerate(plan.edits) if edit.mode in EXAMPLE_MODES and i not in plan.pasted]
+    missing = [i for i, edit in enumerate(plan.edits) if edit.how.needs == "example" and i not in plan.pasted]
     if missing:
         raise ModelError(f"layers[{missing[0]}].mode is {plan.edits[missing[0]].mode!r} but its example was not "
                          "made (Engine.generate makes it)")
     counter = StepCounter()
-    hooks = {}
+    hooks: list[tuple[torch.nn.Module, str, ModelHook]] = [(unet, "paint-app.steps", counter)]
     for block in plan.blocks():
         module = _block_module(unet, block)
         sae = plan.saes[block]
@@ -382,23 +345,18 @@ def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator
         if channels != sae.d_in:
             raise ModelError(f"the SAE for block {block!r} reads vectors of size {sae.d_in}, "
                              f"but that block has {channels} channels; use an SAE trained on this model's block")
-        edits = [edit for edit in plan.edits if edit.block == block and edit.mode not in OVERWRITING]
-        hooks[module] = BlockEditor(edits, sae, counter, cfg)
+        edits = [edit for edit in plan.edits if edit.block == block and not edit.how.overwrites]
+        hooks.append((module, "paint-app.edits", BlockEditor(edits, sae, counter, cfg)))
     for block, edits in plan.replaced().items():
         module = _block_module(unet, block)
         channels = getattr(getattr(module, "config", None), "in_channels", None)
-        prototypes = [written for edit, written, _ in edits if edit.mode == "replace"]
+        prototypes = [written for edit, written, _ in edits if edit.how.needs == "prototype"]
         if channels is not None and prototypes and channels != prototypes[0].shape[-1]:
             raise ModelError(f"the prototypes for block {block!r} have {prototypes[0].shape[-1]} channels, but that "
                              f"block has {channels}; make them with this model (`sae prototypes`)")
-        replacer = BlockReplacer(edits, counter, cfg, plan.steps)
-        hooks[module] = chain(hooks[module], replacer) if module in hooks else replacer
-    counter_handle = unet.register_forward_pre_hook(counter)
-    try:
-        with forward_hooks(hooks):
-            yield counter
-    finally:
-        counter_handle.remove()
+        hooks.append((module, "paint-app.overwrites", BlockReplacer(edits, counter, cfg, plan.steps)))
+    with attached(hooks):
+        yield counter
 
 
 def _block_module(unet: torch.nn.Module, block: str) -> torch.nn.Module:

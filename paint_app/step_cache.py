@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers.hooks import ModelHook
+
+from sae.hooks import attached
 
 CACHE_SIZE = 8
 
@@ -47,6 +50,38 @@ def _clone(output: Any) -> Any:
     return type(output)(**{key: _clone(value) for key, value in output.items()})
 
 
+class Replayer(ModelHook):
+    """The UNet's named hook for one run: answers its calls before ``first_edit_step`` from a recorded run when the
+    inputs match bit for bit, and records every call it runs before that step."""
+
+    def __init__(self, cache: StepCache, known: list[_Call], first_edit_step: int) -> None:
+        super().__init__()
+        self.cache = cache
+        self.known = known
+        self.first_edit_step = first_edit_step
+        self.recorded: list[_Call] = []
+        self.step = 0
+        self.replay = True
+
+    def new_forward(self, module, sample, timestep, encoder_hidden_states, *args, **kwargs):
+        original = self.fn_ref.original_forward
+        step, self.step = self.step, self.step + 1
+        if step >= self.first_edit_step:
+            return original(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        extra = _extra_tensors(kwargs)
+        known = self.known
+        if self.replay and step < len(known) and not args and _matches(known[step], sample, timestep,
+                                                                        encoder_hidden_states, extra):
+            self.cache.replayed += 1
+            self.recorded.append(known[step])
+            return _clone(known[step].output)
+        self.replay = False
+        output = original(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        self.recorded.append(_Call(sample.clone(), torch.as_tensor(timestep).clone(), encoder_hidden_states, extra,
+                                   _clone(output)))
+        return output
+
+
 class StepCache:
     """The UNet calls of recent runs, keyed by everything that decides them except the layers."""
 
@@ -57,48 +92,21 @@ class StepCache:
 
     @contextmanager
     def replaying(self, unet: torch.nn.Module, key: tuple, first_edit_step: int) -> Iterator[None]:
-        """Within the block, UNet calls before ``first_edit_step`` are replayed when their inputs match."""
-        known = self._runs.get(key, [])
-        recorded: list[_Call] = []
-        state = {"step": 0, "replay": True}
-        original = unet.forward
-        shadowed = unet.__dict__.get("forward")  # e.g. an accelerate hook's wrapper, to put back
-
-        def forward(sample, timestep, encoder_hidden_states, *args, **kwargs):
-            step = state["step"]
-            state["step"] += 1
-            if step >= first_edit_step:
-                return original(sample, timestep, encoder_hidden_states, *args, **kwargs)
-            extra = _extra_tensors(kwargs)
-            if state["replay"] and step < len(known) and not args and self._matches(known[step], sample, timestep,
-                                                                                     encoder_hidden_states, extra):
-                self.replayed += 1
-                recorded.append(known[step])
-                return _clone(known[step].output)
-            state["replay"] = False
-            output = original(sample, timestep, encoder_hidden_states, *args, **kwargs)
-            recorded.append(_Call(sample.clone(), torch.as_tensor(timestep).clone(), encoder_hidden_states, extra,
-                                  _clone(output)))
-            return output
-
-        unet.forward = forward
-        try:
+        """Within the block, UNet calls before ``first_edit_step`` are replayed when their inputs match. Enter it
+        before attaching other hooks to the UNet, so that they wrap it and see every call, replayed or not."""
+        replayer = Replayer(self, self._runs.get(key, []), first_edit_step)
+        with attached([(unet, "paint-app.step-cache", replayer)]):
             yield
-        finally:
-            if shadowed is None:
-                del unet.forward  # back to the class's method
-            else:
-                unet.forward = shadowed
-        if len(recorded) >= len(known) and recorded:
-            self._runs[key] = recorded
+        if len(replayer.recorded) >= len(replayer.known) and replayer.recorded:
+            self._runs[key] = replayer.recorded
             self._runs.move_to_end(key)
             while len(self._runs) > self.size:
                 self._runs.popitem(last=False)
 
-    @staticmethod
-    def _matches(call: _Call, sample, timestep, context, extra: dict[str, torch.Tensor]) -> bool:
-        return (_same(call.sample, sample) and _same(call.timestep, timestep) and _same(call.context, context)
-                and call.extra.keys() == extra.keys() and all(_same(call.extra[k], extra[k]) for k in extra))
+
+def _matches(call: _Call, sample, timestep, context, extra: dict[str, torch.Tensor]) -> bool:
+    return (_same(call.sample, sample) and _same(call.timestep, timestep) and _same(call.context, context)
+            and call.extra.keys() == extra.keys() and all(_same(call.extra[k], extra[k]) for k in extra))
 
 
 __all__ = ["StepCache"]

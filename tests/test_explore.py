@@ -9,6 +9,7 @@ from PIL import Image
 from paint_app import explore
 from paint_app.errors import PaintError
 from paint_app.session import Session
+from sae.hooks import named_hooks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,7 +29,8 @@ def painted(feature: int = 5, rect=(0, 0, 32, 64), strength: float = 12.0, **kwa
 
 
 def hook_count(unet) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in unet.modules())
+    """Torch hooks and named hooks on the UNet and its blocks."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in unet.modules()) + len(named_hooks(unet))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from helpers import make_sae
 
 from paint_app.errors import ModelError, PaintError
 from paint_app.steering import Edit, Plan, apply_plan, grid_mask, keep_outside, painted_cover, paste_outside
-from sae.hooks import block_input, block_output
+from sae.hooks import BlockHook, attached, block_input, block_output, named_hooks
 from sae.pipelines import get_block
 from sae.prototypes import Prototypes
 
@@ -37,23 +37,32 @@ def area_average(mask: torch.Tensor, cell: int = 4) -> torch.Tensor:
     return torch.from_numpy(array.reshape(rows, cell, cols, cell).mean(axis=(1, 3)))
 
 
+class Recorder(BlockHook):
+    """A named hook recording the block's input and output as it is at that place in the block's hook chain."""
+
+    def __init__(self, into: list) -> None:
+        super().__init__()
+        self.into = into
+
+    def after(self, module, args, kwargs, output):
+        self.into.append((block_input(args, kwargs).clone(), block_output(output).clone()))
+
+
 def run(pipe, plan: Plan, steps: int = 1, guidance: float = 0.0, block: str = BLOCK):
-    """Generate once; return per UNet call the block's (input, raw output, edited output)."""
+    """Generate once; return per UNet call the block's (input, raw output, edited output).
+
+    The raw output is read by a named hook attached before the plan's (so inside them); the edited one by a torch
+    forward hook, which runs after the module's whole forward, named hooks included."""
     module = get_block(pipe.unet, block)
     raw, edited = [], []
-    first = module.register_forward_hook(
-        lambda m, a, k, o: raw.append((block_input(a, k).clone(), block_output(o).clone())), with_kwargs=True)
-    try:
-        with apply_plan(pipe.unet, plan, cfg=guidance > 1):
-            last = module.register_forward_hook(lambda m, a, k, o: edited.append(block_output(o).clone()),
-                                                with_kwargs=True)
-            try:
-                pipe("a red circle", num_inference_steps=steps, guidance_scale=guidance, width=64, height=64,
-                     generator=torch.Generator().manual_seed(0))
-            finally:
-                last.remove()
-    finally:
-        first.remove()
+    with attached([(module, "test.raw", Recorder(raw))]), apply_plan(pipe.unet, plan, cfg=guidance > 1):
+        last = module.register_forward_hook(lambda m, a, k, o: edited.append(block_output(o).clone()),
+                                            with_kwargs=True)
+        try:
+            pipe("a red circle", num_inference_steps=steps, guidance_scale=guidance, width=64, height=64,
+                 generator=torch.Generator().manual_seed(0))
+        finally:
+            last.remove()
     return [(h_in, h_out, new) for (h_in, h_out), new in zip(raw, edited)]
 
 
@@ -188,7 +197,8 @@ def test_output_site_sae_reads_the_block_output(pipe):
 
 
 def count_hooks(module: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+    """Torch hooks and named hooks on the module and its submodules."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules()) + len(named_hooks(module))
 
 
 def test_hooks_only_on_planned_blocks_and_none_without_edits(pipe, sae):
@@ -197,9 +207,10 @@ def test_hooks_only_on_planned_blocks_and_none_without_edits(pipe, sae):
         assert count_hooks(pipe.unet) == before
     plan = Plan([Edit(BLOCK, (1,), torch.ones(64, 64))], {BLOCK: sae})
     with apply_plan(pipe.unet, plan):
-        assert len(get_block(pipe.unet, BLOCK)._forward_hooks) == 1
+        assert named_hooks(pipe.unet) == ["paint-app.steps", f"{BLOCK}:paint-app.edits"]
         assert count_hooks(pipe.unet) == before + 2  # the block's hook and the step counter
     assert count_hooks(pipe.unet) == before
+    assert "forward" not in pipe.unet.__dict__ and "forward" not in get_block(pipe.unet, BLOCK).__dict__
 
 
 def test_an_exception_inside_generation_leaves_no_hook(pipe, sae):
