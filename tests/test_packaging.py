@@ -139,9 +139,21 @@ def _module_name(file: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of the tree, except the bodies of ``if TYPE_CHECKING:`` (imports for annotations only)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+        else:
+            stack.extend(ast.iter_child_nodes(node))
+
+
 def import_graph(package: str = "paint_app") -> dict[str, set[str]]:
     """``{module: the package's modules it imports}``, from every import statement anywhere in the module (module
-    level and inside functions; absolute and relative). Importing ``a.b.c`` also runs packages ``a.b`` and ``a``,
+    level and inside functions; absolute and relative; not those under ``if TYPE_CHECKING:``). Importing ``a.b.c`` also runs packages ``a.b`` and ``a``,
     so those are edges too, except the importer's own packages (already running when it is imported)."""
     files = {_module_name(f): f for f in sorted((REPO / package).rglob("*.py"))}
     packages = {name for name, f in files.items() if f.name == "__init__.py"}
@@ -155,7 +167,7 @@ def import_graph(package: str = "paint_app") -> dict[str, set[str]]:
     for module, file in files.items():
         own_package = module if module in packages else module.rpartition(".")[0]
         targets = []
-        for node in ast.walk(ast.parse(file.read_text(), filename=str(file))):
+        for node in _runtime_nodes(ast.parse(file.read_text(), filename=str(file))):
             if isinstance(node, ast.Import):
                 targets += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -207,6 +219,9 @@ def test_import_graph_sees_relative_absolute_and_function_level_imports():
     assert "paint_app.toyworld" in graph["paint_app.models"]  # module level, relative
     assert "paint_app.models" in graph["paint_app.toyworld.train"]  # inside a function, absolute
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    code = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\nelse:\n    import y\nimport z\n"
+    names = [a.name for n in _runtime_nodes(ast.parse(code)) if isinstance(n, ast.Import) for a in n.names]
+    assert sorted(names) == ["y", "z"]
 
 
 def test_paint_app_has_no_import_cycle():
