@@ -7,14 +7,45 @@ The usual chain: collect -> train -> eval -> label -> factors -> top-examples (s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import typing
 
 from .errors import SAEError
+from .train import TrainOptions
 
 MODEL_HELP = ("a short name (tiny-random-sd, tiny-random-sdxl, or one a package registers in the entry-point group "
               "sae.models, such as paint-app's toy), a hub id or a local diffusers folder")
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One option per field of the dataclass ``cls`` (``--field-name``, or the field's ``flag``), with its type,
+    default and help from the field; fields without a default are required, booleans are switches."""
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        if not item.metadata.get("cli", True):
+            continue
+        flag = item.metadata.get("flag") or "--" + item.name.replace("_", "-")
+        kind = next((t for t in typing.get_args(hints[item.name]) if t is not type(None)), hints[item.name])
+        required = item.default is dataclasses.MISSING
+        shown = "" if required or item.default is None or kind is bool else f" (default: {item.default:g})" \
+            if isinstance(item.default, float) else f" (default: {item.default})"
+        options = {"dest": item.name, "help": item.metadata.get("help", "") + shown}
+        if kind is not bool:
+            options["metavar"] = flag[2:].upper().replace("-", "_")
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", **options)
+        else:
+            parser.add_argument(flag, type=kind, required=required, default=None if required else item.default,
+                                **options)
+
+
+def dataclass_from_options(cls: type, args: argparse.Namespace):
+    """The dataclass ``cls`` from parsed options (``add_dataclass_options``); fields left off the CLI keep defaults."""
+    return cls(**{item.name: getattr(args, item.name) for item in dataclasses.fields(cls)
+                  if item.metadata.get("cli", True)})
 
 
 def print_report(report: dict, as_json: bool) -> None:
@@ -79,13 +110,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainOptions, train
+    from .train import train
 
-    out = train(TrainOptions(
-        acts=args.acts, out=args.out, n_features=args.features, k=args.k, auxk=args.auxk, auxk_coef=args.auxk_coef,
-        dead_tokens=args.dead_tokens, batch_size=args.batch_size, lr=args.lr, tokens=args.tokens, seed=args.seed,
-        block=args.block, checkpoint_every=args.checkpoint_every, stop_after=args.stop_after, resume=args.resume,
-        overwrite=args.overwrite))
+    out = train(dataclass_from_options(TrainOptions, args))
     if _is_main_process():
         print(f"SAE in {out}")
     return 0
@@ -234,23 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a TopK SAE on collected activations",
                            description="Train a TopK SAE (AuxK, unit-norm decoder, checkpoints). Data-parallel under "
                            "`accelerate launch`.")
-    train.add_argument("--acts", required=True)
-    train.add_argument("--out", required=True)
-    train.add_argument("--features", type=int, required=True, help="number of features n")
-    train.add_argument("--k", type=int, required=True, help="active features per vector")
-    train.add_argument("--auxk", type=int, help="AuxK: dead features used per vector (default min(256, n/2); 0 = off)")
-    train.add_argument("--auxk-coef", type=float, default=1 / 32)
-    train.add_argument("--dead-tokens", type=int, help="a feature is dead after this many vectors without firing "
-                       "(default: a tenth of --tokens, at most 10M)")
-    train.add_argument("--batch-size", type=int, default=4096, help="vectors per step and process")
-    train.add_argument("--lr", type=float, default=4e-4)
-    train.add_argument("--tokens", type=int, help="training vectors in all (default: one pass over the shards)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--block", help="which block, when --acts holds several")
-    train.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    train.add_argument("--stop-after", type=int, help="stop after this step (continue later with --resume)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    train.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    add_dataclass_options(train, TrainOptions)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("eval", help="FVU, L0, dead fraction, frequency histogram; optional splice test")

@@ -9,7 +9,7 @@ conditional half). The whole trajectory, not one step: a shape's feature can fir
 one step and on more of it at another (on the toy's 8x8 block: triangle 19% -> 75%, shape 45% -> 58%).
 ``Example.moved`` moves window and activations by whole cells of the SAE's grid (finer blocks by the same
 distance) so the window's box is centred on the mask's box; the edit then overwrites them there
-(``paint_app.steering``). Moved, not resized: a resized pattern loses its period (``benchmarks/exemplars.py``).
+(``paint_app.steering``). Moved, not resized: a resized pattern loses its period (``research/exemplars.py``).
 """
 
 from __future__ import annotations

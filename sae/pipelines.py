@@ -145,7 +145,7 @@ def _from_pretrained(path_or_id: str, torch_dtype: torch.dtype):
     except (OSError, ValueError) as exc:
         raise SAEError(f"model {path_or_id!r} could not be loaded: {exc}") from None
     if not hasattr(pipe, "unet"):
-        raise SAEError(f"model {path_or_id!r} is a {type(pipe).__name__}; paint-app needs a UNet pipeline (SD/SDXL)")
+        raise SAEError(f"model {path_or_id!r} is a {type(pipe).__name__}; sae reads UNet pipelines (SD/SDXL)")
     return pipe
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,29 +40,37 @@ CHECKPOINT_DIR = "checkpoint"
 LOG_NAME = "train_log.jsonl"
 
 
+def _option(default: Any = MISSING, help: str = "", flag: str | None = None, cli: bool = True) -> Any:
+    """A training option: its default, its ``--help`` text, and the command-line flag if not ``--<name>``."""
+    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli})
+
+
 @dataclass
 class TrainOptions:
-    acts: str
-    out: str
-    n_features: int
-    k: int
-    auxk: int | None = None
-    auxk_coef: float = 1 / 32
-    dead_tokens: int | None = None
-    batch_size: int = 4096
-    lr: float = 4e-4
-    tokens: int | None = None
-    seed: int = 0
-    block: str | None = None
-    checkpoint_every: int = 500
-    log_every: int = 20
-    stop_after: int | None = None
-    stats_tokens: int | None = 2_000_000
-    init_tokens: int = 16384
-    chunk_shards: int = 8
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+    """Everything a training run takes, listed once: ``sae train``'s options are built from these fields."""
+
+    acts: str = _option(help="the collected activations (a folder made by `sae collect`)")
+    out: str = _option(help="where the SAE, its checkpoints and its training log go")
+    n_features: int = _option(flag="--features", help="number of features n")
+    k: int = _option(help="active features per vector")
+    auxk: int | None = _option(None, "AuxK: dead features used per vector (default min(256, n/2); 0 = off)")
+    auxk_coef: float = _option(1 / 32, "weight of the AuxK loss")
+    dead_tokens: int | None = _option(None, "a feature is dead after this many vectors without firing (default: a "
+                                            "tenth of --tokens, at most 10M)")
+    batch_size: int = _option(4096, "vectors per step and process")
+    lr: float = _option(4e-4, "learning rate (linear warm-up over 5%% of the steps, linear decay over the last 20%%)")
+    tokens: int | None = _option(None, "training vectors in all (default: one pass over the shards)")
+    seed: int = _option(0, "seed of the initialisation and the data order")
+    block: str | None = _option(None, "which block, when --acts holds several")
+    checkpoint_every: int = _option(500, "steps between checkpoints")
+    log_every: int = _option(20, "steps between training-log lines")
+    stop_after: int | None = _option(None, "stop after this step (continue later with --resume)")
+    stats_tokens: int | None = _option(2_000_000, "vectors read for the features' typical values and frequencies")
+    init_tokens: int = _option(16384, "vectors read to initialise the decoder bias (their geometric median) and the data scale")
+    chunk_shards: int = _option(8, "activation shards shuffled together")
+    resume: bool = _option(False, "continue the run in --out from its checkpoint")
+    overwrite: bool = _option(False, "replace the run in --out")
+    progress: bool = _option(True, "show a progress bar", cli=False)
 
     def check(self) -> None:
         if not isinstance(self.n_features, int) or self.n_features < 1:

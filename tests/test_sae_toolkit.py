@@ -308,3 +308,19 @@ def test_bad_input_gets_clear_errors(collected, prompts_file, tmp_path, capsys):
         train(TrainOptions(str(tmp_path / "nan"), str(tmp_path / "nan-sae"), n_features=16, k=2, batch_size=100,
                            tokens=8000, checkpoint_every=4, init_tokens=1000, chunk_shards=1, seed=3, progress=False))
     assert (tmp_path / "nan-sae" / "checkpoint" / "state.safetensors").exists()
+
+
+def test_sae_train_options_are_the_training_dataclass_fields():
+    """The training config is listed once: `sae train`'s options come from TrainOptions' fields, defaults and all."""
+    import dataclasses
+
+    from sae.cli import build_parser, dataclass_from_options
+    from sae.train import TrainOptions
+
+    args = build_parser().parse_args(["train", "--acts", "a", "--out", "o", "--features", "64", "--k", "4",
+                                      "--log-every", "7", "--resume"])
+    options = dataclass_from_options(TrainOptions, args)
+    assert options == TrainOptions("a", "o", n_features=64, k=4, log_every=7, resume=True)
+    listed = {item.name for item in dataclasses.fields(TrainOptions) if item.metadata.get("cli", True)}
+    assert listed == set(vars(args)) & {item.name for item in dataclasses.fields(TrainOptions)}
+    assert listed == {item.name for item in dataclasses.fields(TrainOptions)} - {"progress"}
