@@ -97,7 +97,8 @@ def empty_mask(width: int, height: int) -> np.ndarray:
 
 
 def alpha_to_mask(layer: np.ndarray, width: int, height: int) -> np.ndarray:
-    """An editor layer (RGBA [h, w, 4] uint8, or grey [h, w]) -> float mask [height, width] by area averaging."""
+    """An editor layer (RGBA [h, w, 4] uint8, or grey [h, w]) -> float mask [height, width] by area averaging
+    (with numpy where the layer is the image enlarged by a whole scale, as the page's canvas is)."""
     array = np.asarray(layer)
     if array.ndim == 3 and array.shape[2] in (2, 4):
         alpha = array[..., -1]
@@ -109,13 +110,26 @@ def alpha_to_mask(layer: np.ndarray, width: int, height: int) -> np.ndarray:
         raise PaintError(f"a canvas layer has shape {list(array.shape)}; allowed: [height, width] or "
                          "[height, width, channels]")
     alpha = alpha.astype(np.float32) / 255.0
-    if alpha.shape != (height, width):
+    rows, cols = alpha.shape
+    if (rows, cols) == (height, width):
+        pass
+    elif rows % height == 0 and cols % width == 0 and rows // height == cols // width:  # the canvas's whole scale
+        scale = rows // height
+        alpha = alpha.reshape(height, scale, width, scale).mean(axis=(1, 3), dtype=np.float32)
+    else:
         alpha = np.asarray(Image.fromarray(alpha, mode="F").resize((width, height), Image.BOX), np.float32)
     return np.clip(alpha, 0.0, 1.0)
 
 
 
 
+
+
+def quantize(mask: np.ndarray) -> np.ndarray:
+    """A float mask at the 256 levels a session file stores (its 8-bit PNG), exactly as reading that file gives
+    them: painting a layer and rendering its downloaded session then give the same pixels."""
+    grey = np.clip(np.rint(np.asarray(mask, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return grey.astype(np.float32) / 255.0
 
 
 def canvas_background(image: Image.Image | None, others: list[CanvasLayer], width: int, height: int) -> Image.Image:
@@ -195,4 +209,4 @@ def _rgb(color: str) -> tuple[int, int, int]:
 
 __all__ = ["CanvasLayer", "LAYER_COLORS", "alpha_to_mask", "canvas_background", "clamp_offset",
            "describe_concept", "display_scale", "empty_mask", "mask_from_image",
-           "masks_differ", "next_color", "nudge", "place_at", "resize_mask"]
+           "masks_differ", "next_color", "nudge", "place_at", "quantize", "resize_mask"]

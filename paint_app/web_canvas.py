@@ -2,18 +2,23 @@
 
 Why not ``gr.ImageEditor``: it exports every layer and the composite as full-size PNGs through WebGL after each
 stroke and uploads them, which took ~0.8 s per stroke in software-rendered chromium, twice the whole repaint
-budget. This canvas keeps the active layer's mask in the page and sends it, on pointer-up, as one small PNG in
-the event's data; nothing is uploaded and the canvas is not an input of any event.
+budget. This canvas keeps the active layer's mask in the page and sends it, on pointer-up, in the event's data
+as raw bytes (no image encoding on either side); nothing is uploaded and the canvas is not an input of any event.
 
-What the server shows (the component's value, see ``canvas_value``): the base image with the other layers tinted
-in, the active layer's unshifted mask, its offset, colour and id. What the page sends (``parse_edit``), as the data
-of an ``input`` event: ``{"kind": "stroke" | "move", "layer": id, "width", "height", "offset": [dx, dy],
-"mask": "data:image/png;base64,..." | None}``.
+What the server shows (the component's value, see ``canvas_value``, sent only when the canvas must change: a
+layer switch, a new image, a move button): the base image with the other layers tinted in and the active layer's
+unshifted mask (PNG data URLs), its offset, colour and id. What the page sends (``parse_edit``), as the data of an
+``input`` event: ``{"kind": "stroke" | "move", "layer": id, "width", "height", "offset": [dx, dy], "mask": MASK |
+None}``, where ``width`` and ``height`` are the image size the canvas showed and MASK, the layer's unshifted mask
+at the canvas's resolution (the image enlarged by a whole ``scale``), is ``{"width": W, "height": H, "data":
+base64 of W * H bytes}``: one byte (0-255, the mask strength) per canvas pixel, row by row. The server
+area-averages it to image pixels (``decode_mask``).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +27,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .canvas import CanvasLayer, alpha_to_mask, canvas_background, clamp_offset, display_scale
+from .canvas import CanvasLayer, alpha_to_mask, canvas_background, clamp_offset, display_scale, quantize
 from .errors import PaintError, as_int
 
 WEB = Path(__file__).with_name("web")
 PNG_PREFIX = "data:image/png;base64,"
-MAX_MASK_BYTES = 16 * 2**20
+MAX_MASK_BYTES = 24 * 2**20  # of the base64 text: a 4096 x 4096 canvas
+MAX_SCALE = 64  # canvas pixels per image pixel, along each side
 EDIT_KINDS = ("stroke", "move")
 
 
@@ -99,21 +105,41 @@ def parse_edit(data: Any, width: int, height: int) -> CanvasEdit:
     return edit
 
 
-def decode_mask(url: Any, width: int, height: int) -> np.ndarray:
-    """A PNG data URL from the page -> float mask [height, width] (red channel, area-averaged)."""
-    if not isinstance(url, str) or not url.startswith(PNG_PREFIX):
-        raise PaintError("canvas edit: 'mask' must be a data URL of a PNG (data:image/png;base64,...)")
-    if len(url) > MAX_MASK_BYTES:
-        raise PaintError(f"canvas edit: 'mask' is {len(url)} bytes; allowed: at most {MAX_MASK_BYTES}")
+def encode_mask(alpha: np.ndarray) -> dict:
+    """A canvas-resolution mask (uint8 [H, W]) as the page sends it: ``{"width", "height", "data"}``."""
+    alpha = np.ascontiguousarray(alpha, np.uint8)
+    return {"width": int(alpha.shape[1]), "height": int(alpha.shape[0]),
+            "data": base64.b64encode(alpha.tobytes()).decode("ascii")}
+
+
+def decode_mask(value: Any, width: int, height: int) -> np.ndarray:
+    """The page's mask (``{"width", "height", "data"}``: base64 of one byte per canvas pixel, row-major, at a whole
+    multiple of the image size) -> float mask [height, width] in [0, 1], area-averaged to image pixels (at the
+    session file's 256 levels: ``canvas.quantize``)."""
+    if not isinstance(value, dict) or not {"width", "height", "data"} <= set(value):
+        shown = type(value).__name__ if not isinstance(value, dict) else f"an object with {sorted(value)}"
+        raise PaintError(f"canvas edit: 'mask' is {shown}; allowed: an object with 'width', 'height' and 'data' "
+                         "(base64 of one byte per canvas pixel, row by row)")
+    mask_width, mask_height = (as_int(value["width"], "canvas edit: 'mask.width'"),
+                               as_int(value["height"], "canvas edit: 'mask.height'"))
+    scale = mask_width // width if width else 0
+    if not (1 <= scale <= MAX_SCALE and (mask_width, mask_height) == (width * scale, height * scale)):
+        raise PaintError(f"canvas edit: 'mask' is {mask_width}x{mask_height} pixels; allowed: the image's "
+                         f"{width}x{height} times a whole scale from 1 to {MAX_SCALE}")
+    data = value["data"]
+    if not isinstance(data, str):
+        raise PaintError(f"canvas edit: 'mask.data' is a {type(data).__name__}; allowed: a base64 string")
+    if len(data) > MAX_MASK_BYTES:
+        raise PaintError(f"canvas edit: 'mask.data' is {len(data)} bytes; allowed: at most {MAX_MASK_BYTES}")
     try:
-        picture = Image.open(io.BytesIO(base64.b64decode(url[len(PNG_PREFIX):], validate=True)))
-        if picture.format != "PNG":
-            raise ValueError(f"a {picture.format} picture")
-        picture.load()
-    except (ValueError, OSError) as exc:
-        raise PaintError(f"canvas edit: 'mask' is not a readable PNG ({exc})") from exc
-    grey = np.asarray(picture.convert("RGB"))[..., 0]
-    return alpha_to_mask(grey, width, height)
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise PaintError("canvas edit: 'mask.data' is not valid base64") from None
+    if len(raw) != mask_width * mask_height:
+        raise PaintError(f"canvas edit: 'mask.data' holds {len(raw)} bytes; allowed: one per canvas pixel, "
+                         f"{mask_width}x{mask_height} = {mask_width * mask_height}")
+    alpha = np.frombuffer(raw, np.uint8).reshape(mask_height, mask_width)
+    return quantize(alpha_to_mask(alpha, width, height))
 
 
-__all__ = ["CanvasEdit", "canvas_value", "decode_mask", "parse_edit", "png_data_url", "script", "style", "template"]
+__all__ = ["CanvasEdit", "canvas_value", "decode_mask", "encode_mask", "parse_edit", "png_data_url", "script", "style", "template"]

@@ -96,10 +96,11 @@ def wait_text(page, selector: str, text: str) -> None:
     page.wait_for_function("([s, t]) => document.querySelector(s)?.innerText.includes(t)", arg=[selector, text])
 
 
-def download_session(page, folder, name: str) -> Session:
+def download_session(page, folder, name: str, button: str = "#download"):
+    """Click a download button: its handler writes the file then (not on repaints) and the page hands it over."""
     path = folder / name
     with page.expect_download() as download:
-        page.click("#download")
+        page.click(button)
     download.value.save_as(path)
     return path
 
@@ -240,6 +241,8 @@ def test_downloaded_session_renders_to_the_shown_pixels(page, tmp_path):
     assert cli.main(["render", str(path), "--out", str(out), "--device", "cpu"]) == 0
     rendered = np.asarray(Image.open(out).convert("RGB"))
     assert np.array_equal(rendered, shown_image(page))
+    image = download_session(page, tmp_path, "image.png", "#download-image")
+    assert np.array_equal(np.asarray(Image.open(image).convert("RGB")), rendered)
 
 
 def test_a_broken_session_warns_and_the_page_keeps_working(page, screenshots, tmp_path):

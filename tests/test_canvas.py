@@ -1,4 +1,4 @@
-"""Canvas masks <-> the page's PNGs, canvas values, moving regions, uploaded mask pictures, session round trips."""
+"""Canvas masks <-> the page's raw masks (and the PNGs it is shown), canvas values, moving regions, uploaded mask pictures, session round trips."""
 
 from __future__ import annotations
 
@@ -33,16 +33,22 @@ def test_alpha_is_area_averaged_to_image_size():
     assert mask[20, 20] == 0
 
 
+def shown_mask(value: dict) -> np.ndarray:
+    """The mask a canvas value shows (a grey PNG data URL at image size), as uint8."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(value["mask"].split(",", 1)[1]))))
+
+
 def test_canvas_mask_round_trip_is_exact_and_masks_compare_with_tolerance():
-    """Server mask -> canvas value (PNG at image size, shown enlarged) -> the page's PNG at canvas size -> mask."""
+    """Server mask -> canvas value (PNG at image size, shown enlarged) -> the page's raw bytes at canvas size ->
+    mask."""
     mask = square_mask(value=0.6)
     layer = CanvasLayer("a", "b", {"feature": 1}, mask)
     value = web_canvas.canvas_value(None, [layer], 0, 64, 64, "#ff2d95")
     assert value["layer"] == layer.uid and value["scale"] == 2
-    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(value["mask"].split(",", 1)[1]))))
-    enlarged = np.repeat(np.repeat(shown, 2, axis=0), 2, axis=1)
-    page_png = web_canvas.png_data_url(Image.fromarray(np.stack([enlarged] * 3, axis=-1)))
-    back = web_canvas.decode_mask(page_png, 64, 64)
+    enlarged = np.repeat(np.repeat(shown_mask(value), 2, axis=0), 2, axis=1)
+    sent = web_canvas.encode_mask(enlarged)
+    assert (sent["width"], sent["height"], len(base64.b64decode(sent["data"]))) == (128, 128, 128 * 128)
+    back = web_canvas.decode_mask(sent, 64, 64)
     assert not canvas.masks_differ(back, mask)
     moved = back.copy()
     moved[0, 0] = 0.1
@@ -57,8 +63,7 @@ def test_canvas_value_shows_the_active_layer_unshifted_and_tints_the_others():
     other = CanvasLayer("o", "b", {"feature": 2}, square_mask(box=(40, 40, 50, 50)), color="#ff0000")
     value = web_canvas.canvas_value(base, [active, other], 0, 64, 64, "#ff2d95")
     assert value["offset"] == [5, 0] and value["color"] == "#ff2d95"
-    mask = web_canvas.decode_mask(value["mask"], 64, 64)
-    assert np.array_equal(mask, square_mask())  # the page moves it by the offset itself
+    assert np.array_equal(shown_mask(value) / 255.0, square_mask())  # the page moves it by the offset itself
     background = np.asarray(Image.open(io.BytesIO(base64.b64decode(value["background"].split(",", 1)[1]))))
     assert background[45, 45, 0] > 100  # the other layer tinted red
     assert background[5, 5].sum() == 0
@@ -66,8 +71,26 @@ def test_canvas_value_shows_the_active_layer_unshifted_and_tints_the_others():
     assert empty["layer"] is None and empty["mask"] is None and empty["hint"] == "pick a concept"
 
 
+def test_the_pages_mask_is_area_averaged_to_the_session_files_levels_and_checked():
+    alpha = np.zeros((128, 192), np.uint8)  # a 96x64 image shown at scale 2
+    alpha[0, 0] = 255  # a quarter of image pixel (0, 0)
+    alpha[10:12, 10:12] = [[200, 200], [200, 13]]  # (3 * 200 + 13) / 4 = 153.25 levels
+    mask = web_canvas.decode_mask(web_canvas.encode_mask(alpha), 96, 64)
+    assert mask.shape == (64, 96) and mask.dtype == np.float32
+    assert mask[0, 0] == np.float32(64 / 255.0) and mask[5, 5] == np.float32(153 / 255.0)  # 63.75, 153.25 rounded
+    same = web_canvas.decode_mask(web_canvas.encode_mask(alpha[::2, ::2]), 96, 64)  # scale 1
+    assert same[5, 5] == np.float32(200 / 255.0)
+    good = web_canvas.encode_mask(alpha)
+    for bad, message in (([1, 2], "'mask' is list"), ({**good, "width": 190}, "'mask' is 190x128 pixels"),
+                         ({**good, "data": good["data"][:-4]}, "'mask.data' holds 24573 bytes"),
+                         ({**good, "data": 7}, "'mask.data' is a int"), ({**good, "height": None}, "'mask.height'")):
+        with pytest.raises(PaintError, match=message):
+            web_canvas.decode_mask(bad, 96, 64)
+
+
 def test_the_page_script_and_template_ship_with_the_package():
     assert "trigger(\"input\"" in web_canvas.script() and "pc-view" in web_canvas.template()
+    assert "toDataURL" not in web_canvas.script()  # strokes send raw bytes, not pictures
     assert ".pc-view" in web_canvas.style()
 
 

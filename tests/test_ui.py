@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from paint_app import web_canvas
 from paint_app.session import Session
 from paint_app.ui import PaintApp, TabState, build_app
+from paint_app.ui.outputs import check_declared, declared_handlers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -21,9 +23,23 @@ BLOCK = "down_blocks.0.attentions.0"
 MID = "mid_block.attentions.0"
 
 
+def checking(app: PaintApp) -> PaintApp:
+    """``app`` with every handler that declares its outputs (``@outputs``) checked at each call: a key it returns
+    that its declaration lacks raises ``UndeclaredOutput`` (so every test here checks the declarations too)."""
+    for name, names in declared_handlers(type(app)).items():
+        method = getattr(app, name)
+
+        def checked(*args, _method=method, _names=names, _name=name, **kwargs):
+            return check_declared(_method(*args, **kwargs), _names, _name)
+
+        checked.__name__ = name
+        setattr(app, name, checked)
+    return app
+
+
 @pytest.fixture(scope="module")
 def app(tiny_engine, tmp_path_factory) -> PaintApp:
-    return PaintApp(tiny_engine, tmp_path_factory.mktemp("ui-sessions"))
+    return checking(PaintApp(tiny_engine, tmp_path_factory.mktemp("ui-sessions")))
 
 
 @pytest.fixture
@@ -44,13 +60,6 @@ def canvas_mask(value: dict) -> np.ndarray:
     return np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
 
 
-def data_url(grey: np.ndarray) -> str:
-    """A PNG data URL as the page's canvas sends it (opaque RGB, mask strength in red)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def stroke_value(app: PaintApp, state: TabState, box=(4, 4, 30, 60), alpha=255) -> dict:
     """The page's edit after painting a rectangle (in image pixels) on the active layer at opacity ``alpha``."""
     value = app.editor(state)
@@ -58,7 +67,13 @@ def stroke_value(app: PaintApp, state: TabState, box=(4, 4, 30, 60), alpha=255) 
     x0, y0, x1, y1 = (v * value["scale"] for v in box)
     mask[y0:y1, x0:x1] = alpha
     return {"kind": "stroke", "layer": value["layer"], "width": value["width"], "height": value["height"],
-            "offset": value["offset"], "mask": data_url(mask)}
+            "offset": value["offset"], "mask": web_canvas.encode_mask(mask)}
+
+
+def canvas_mask_of(edit: dict) -> np.ndarray:
+    """The canvas-resolution mask a stroke edit carries (uint8 [H, W])."""
+    mask = edit["mask"]
+    return np.frombuffer(base64.b64decode(mask["data"]), np.uint8).reshape(mask["height"], mask["width"])
 
 
 def pixels(image) -> np.ndarray:
@@ -84,12 +99,55 @@ def test_start_makes_an_image_a_layer_and_a_palette(app, state):
 
 def test_a_stroke_repaints_and_an_unchanged_canvas_does_nothing(app, state):
     result = painted(app, state)
-    assert "Repainted in" in result["timing"] and result["download"]
+    assert "Repainted in" in result["timing"] and "editor" not in result  # the canvas already shows the stroke
     assert np.abs(pixels(state.output) - pixels(state.base)).max() > 0
     assert state.layers[0].mask[10, 10] == 1.0 and state.layers[0].mask[10, 40] == 0.0
     assert app.canvas_edit(state, stroke_value(app, state), True) == {}
-    saved = Session.from_json(open(result["download"]).read())
+    saved = Session.from_json(open(app.download_session(state)["session_download"]).read())
     assert np.array_equal(pixels(app.engine.generate(saved)), pixels(state.output))
+
+
+def test_a_soft_stroke_renders_the_same_from_its_downloaded_session(app, state):
+    """Masks hold the session file's 256 levels, so a stroke whose canvas pixels average to a level between
+    them still renders to the shown pixels from the downloaded session."""
+    value = app.editor(state)
+    mask = canvas_mask(value)
+    mask[8:40, 8:40] = 200
+    mask[9:40:2, 9:40:2] = 13  # image pixels of (200 * 3 + 13) / 4 = 153.25 levels
+    app.canvas_edit(state, {**stroke_value(app, state), "mask": web_canvas.encode_mask(mask)}, True)
+    assert state.layers[0].mask[10, 10] == pytest.approx(153 / 255)
+    saved = Session.from_json(open(app.session_file(state)).read())
+    assert np.array_equal(saved.layers[0].mask_array(64, 64), state.layers[0].mask)
+    assert np.array_equal(pixels(app.engine.generate(saved)), pixels(state.output))
+
+
+def test_a_stroke_repaints_without_image_codecs_or_file_writes(app, state, monkeypatch):
+    """The repaint path: the canvas's raw mask in, the engine's painting, the image out; no PNG encode or decode
+    and no file written (downloads are built when clicked)."""
+    import builtins
+    from pathlib import Path
+
+    import paint_app.canvas
+    import paint_app.session
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a repaint encoded or decoded a picture or wrote a file")
+
+    stroke, soft = stroke_value(app, state), stroke_value(app, state, box=(20, 20, 50, 40), alpha=90)
+    soft["mask"] = web_canvas.encode_mask(np.maximum(*(canvas_mask_of(m) for m in (stroke, soft))))
+    for target, name in ((Image.Image, "save"), (Image, "open"), (paint_app.session, "encode_png_mask"),
+                         (paint_app.session, "decode_png_mask"), (paint_app.session, "save_text"),
+                         (paint_app.canvas, "encode_png_mask"), (builtins, "open"), (Path, "write_text"),
+                         (Path, "write_bytes"), (Path, "open"), (Path, "mkdir")):
+        if hasattr(target, name):
+            monkeypatch.setattr(target, name, refuse)
+    before = state.output
+    result = app.canvas_edit(state, stroke, True)
+    assert "Repainted in" in result["timing"] and np.abs(pixels(state.output) - pixels(before)).max() > 0
+    result = app.canvas_edit(state, soft, True)  # a second stroke, at 90 / 255
+    assert "Repainted in" in result["timing"] and state.layers[0].mask[30, 30] == pytest.approx(90 / 255)
+    monkeypatch.undo()
+    assert app.session_file(state)  # the session is written when it is asked for
 
 
 def test_apply_on_button_keeps_strokes_until_apply(app, state):
@@ -153,10 +211,21 @@ def test_dragging_a_region_sets_the_offset_and_keeps_the_mask(app, state):
     ({"kind": "move", "layer": None, "width": 64, "height": 64, "offset": [1]}, "'offset' is \\[1\\]"),
     ({"kind": "move", "layer": None, "width": 64, "height": 64, "offset": [float("nan"), 0]},
      "'offset' is nan; allowed: a whole number"),
-    ({"kind": "stroke", "layer": None, "width": 64, "height": 64, "mask": "data:image/gif;base64,R0lG"},
-     "'mask' must be a data URL of a PNG"),
     ({"kind": "stroke", "layer": None, "width": 64, "height": 64, "mask": "data:image/png;base64,AAAA"},
-     "'mask' is not a readable PNG"),
+     "'mask' is str; allowed: an object with 'width', 'height' and 'data'"),
+    ({"kind": "stroke", "layer": None, "width": 64, "height": 64, "mask": {"width": 128, "height": 128}},
+     "'mask' is an object with \\['height', 'width'\\]; allowed"),
+    ({"kind": "stroke", "layer": None, "width": 64, "height": 64,
+      "mask": {"width": 100, "height": 128, "data": ""}}, "'mask' is 100x128 pixels; allowed: the image's 64x64 "
+                                                          "times a whole scale from 1 to 64"),
+    ({"kind": "stroke", "layer": None, "width": 64, "height": 64,
+      "mask": {"width": "wide", "height": 128, "data": ""}}, "'mask.width' is 'wide'"),
+    ({"kind": "stroke", "layer": None, "width": 64, "height": 64, "mask": {"width": 128, "height": 128,
+                                                                           "data": "not base64!"}},
+     "'mask.data' is not valid base64"),
+    ({"kind": "stroke", "layer": None, "width": 64, "height": 64, "mask": {"width": 128, "height": 128,
+                                                                           "data": "AAAA"}},
+     "'mask.data' holds 3 bytes; allowed: one per canvas pixel, 128x128 = 16384"),
 ])
 def test_bad_canvas_edits_warn_and_keep_the_layers(app, state, edit, message):
     painted(app, state)
@@ -269,7 +338,7 @@ def test_moving_a_region_stores_an_offset(app, state):
     result = app.nudge(state, "right", 8, True)
     assert state.layers[0].offset == (8, 0) and "offset (8, 0)" in result["layer_info"]
     assert np.abs(pixels(result["output"]) - pixels(before)).max() > 0
-    assert Session.from_json(open(result["download"]).read()).layers[0].offset == (8, 0)
+    assert "download" not in result and Session.from_json(open(app.session_file(state)).read()).layers[0].offset == (8, 0)
     with pytest.warns(UserWarning, match="move step is 0"):
         app.nudge(state, "up", 0, True)
     app.click_image(state, 50, 10, "move", True)
@@ -416,7 +485,7 @@ def test_factor_weights_are_edited_and_saved_as_a_concept(app, state):
     app.save_factor(state, key, edited, "my mix")
     assert state.custom == [{"name": "my mix", "block": BLOCK, "features": {rows[0][0]: 2.0}}]
     listed = app.search(state, "mix", "all blocks", "mine")["palette_table"]
-    assert listed == [["mine", BLOCK, 0, "my mix", "", "", "", ""]]
+    assert listed == [["mine", BLOCK, 0, "my mix", "", "", "", "", ""]]
     app.pick_concept(state, listed[0], True)
     assert state.layers[0].concept == {"features": {rows[0][0]: 2.0}}
 
@@ -494,13 +563,13 @@ def test_dice_and_build_app(app, tiny_engine):
 
 
 def test_unexpected_errors_become_warnings_not_crashes():
-    from paint_app.ui import _guarded
+    from paint_app.ui.outputs import guarded
 
     def broken(*args):
         raise RuntimeError("boom")
 
     with pytest.warns(UserWarning, match="Something went wrong \\(RuntimeError: boom\\)"):
-        result = _guarded(broken)
+        result = guarded(broken)
     assert "kept" in result["status"]
 
 

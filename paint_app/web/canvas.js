@@ -2,7 +2,7 @@
 // `element`, `props`, `trigger` and `watch` come from gradio. The active layer's mask is kept here, unshifted, at
 // the canvas's resolution, in the red channel of an opaque grey canvas (red = mask strength). A brush stroke raises
 // the mask to the brush opacity where it passes (max), the eraser lowers it (min); at pointer-up the whole mask goes
-// to the server in one small PNG, so a repaint costs one request.
+// to the server as raw bytes (one per canvas pixel, in base64; no image encoding), so a repaint costs one request.
 const root = element.querySelector(".pc-root");
 const view = root.querySelector("canvas.pc-view");
 const ctx = view.getContext("2d");
@@ -78,9 +78,21 @@ function pointAt(event) {
   return [(event.clientX - box.left) * view.width / box.width, (event.clientY - box.top) * view.height / box.height];
 }
 
+// The active layer's mask as the server reads it (web_canvas.decode_mask): the red channel, one byte per canvas
+// pixel, row by row, in base64, with the canvas's size (the image's times the scale).
+function maskBytes() {
+  const W = mask.width, H = mask.height;
+  const rgba = mctx.getImageData(0, 0, W, H).data;
+  const bytes = new Uint8Array(W * H);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = rgba[4 * i];
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return { width: W, height: H, data: btoa(text) };
+}
+
 function send(kind) {
   trigger("input", { kind, layer: S.layer, width: S.w, height: S.h, offset: S.offset.slice(),
-                     mask: kind === "move" ? null : mask.toDataURL("image/png") });
+                     mask: kind === "move" ? null : maskBytes() });
 }
 
 function commitStroke(points) {

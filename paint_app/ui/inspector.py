@@ -1,0 +1,120 @@
+"""The inspector: clicking the image lists the strongest features there; a feature's heatmap; a layer of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sae.errors import SAEError
+
+from .. import canvas
+from ..errors import PaintError
+from ..explore import (
+    FeatureMaps,
+    capture_feature_maps,
+    heatmap,
+    heatmap_overlay,
+    region_of,
+    top_factors_at,
+    top_features_at,
+)
+from ..modes import MODES, NAMES
+from .outputs import CHANGED, Notes, outputs
+from .state import TabState
+from .views import Views
+
+INSPECT_HEADERS = ["block", "feature", "label", "value", "x typical"]
+FACTOR_HEADERS = ["block", "factor", "label", "value"]
+INSPECTED = ("state", "inspect_table", "factor_table", "inspect_info", "status")
+
+
+class InspectorHandlers(Views):
+    def feature_maps(self, state: TabState) -> FeatureMaps:
+        """Feature maps of the displayed image (re-run with read-only hooks; cached until the painting changes)."""
+        session = self.session_of(state)
+        key = session.to_json()
+        if state.maps_key != key or state.maps is None:
+            _, state.maps = capture_feature_maps(self.engine, session)
+            state.maps_key = key
+        return state.maps
+
+    @outputs(*CHANGED, *INSPECTED)
+    def click_image(self, state: TabState, x: Any, y: Any, click_mode: str, live: bool = True) -> dict:
+        """A click on the image (in image pixels): inspect there, or move the active layer's region there."""
+        if click_mode == "move":
+            return self.place(state, float(x), float(y), live)
+        return self.inspect(state, float(x), float(y))
+
+    @outputs(*INSPECTED)
+    def inspect(self, state: TabState, x: float, y: float) -> dict:
+        notes = Notes()
+        if not self._ready(state, notes):
+            return {"status": notes.text()}
+        if not self.engine.concepts.blocks:
+            notes.warn("No SAEs are loaded, so there is nothing to inspect; start the app with --sae PATH.")
+            return {"status": notes.text()}
+        try:
+            maps = self.feature_maps(state)
+            features = top_features_at(self.engine, maps, x, y)
+            factors = top_factors_at(self.engine, maps, x, y)
+        except PaintError as exc:
+            notes.warn(str(exc))
+            return {"state": state, "status": notes.text()}
+        table = [[r["block"], r["feature"], r["label"], round(r["value"], 3), round(r["relative"], 2)] for r in features]
+        factor_table = [[r["block"], r["factor"], r["label"], round(r["value"], 3)] for r in factors]
+        info = (f"At ({x:.0f}, {y:.0f}): {len(table)} strongest features (value, and as a multiple of the feature's "
+                "typical value). Click one for its heatmap.")
+        if not table:
+            info = f"At ({x:.0f}, {y:.0f}) no feature is active."
+        return {"state": state, "inspect_table": table, "factor_table": factor_table, "inspect_info": info,
+                "status": ""}
+
+    @outputs("state", "heat", "inspect_info", "status")
+    def show_heat(self, state: TabState, row: Any) -> dict:
+        """The heatmap of an inspector row's feature over the displayed image; it becomes the selected concept."""
+        notes = Notes()
+        try:
+            block, feature = str(row[0]), int(float(row[1]))
+            self.engine.concepts.get(block).sae.check_feature(feature)
+            maps = self.feature_maps(state) if state.output is not None else None
+            if maps is None:
+                raise PaintError("there is no image yet: press Generate first")
+            heat = heatmap(maps, block, feature)
+        except (TypeError, ValueError, IndexError):
+            notes.warn(f"inspector row is {row!r}; allowed: a row of the inspector table")
+            return {"status": notes.text()}
+        except (PaintError, SAEError) as exc:
+            notes.warn(str(exc))
+            return {"status": notes.text()}
+        label = self.engine.concepts.get(block).label(feature)
+        state.selected = {"block": block, "concept": {"feature": feature}, "label": label or f"feature {feature}",
+                          "source": "inspector"}
+        width, height = self.size(state)
+        overlay = heatmap_overlay(state.output, heat, scale=canvas.display_scale(width, height, 256))
+        info = f"Heatmap of **{label or 'feature ' + str(feature)}** ({block} feature {feature}), peak {heat.max():.3f}."
+        return {"state": state, "heat": overlay, "inspect_info": info, "status": ""}
+
+    @outputs(*CHANGED)
+    def layer_from_selected(self, state: TabState, mode: Any, live: bool = True) -> dict:
+        """Turn the inspected feature into a layer painted where it is active (e.g. to erase it there)."""
+        notes = Notes()
+        chosen = state.selected
+        if chosen is None or chosen.get("source") != "inspector" or state.maps is None:
+            notes.warn("Click a point of the image and then a feature in the inspector first.")
+            return {"status": notes.text()}
+        if mode not in MODES:
+            notes.warn(f"mode is {mode!r}; allowed: {', '.join(NAMES)}")
+            return {"status": notes.text()}
+        if not self._paintable(chosen, mode):
+            notes.warn(MODES[mode].needs_text(chosen["block"]))
+            return {"status": notes.text()}
+        try:
+            mask = canvas.quantize(region_of(state.maps, chosen["block"], chosen["concept"]["feature"]))
+        except PaintError as exc:
+            notes.warn(str(exc))
+            return {"status": notes.text()}
+        layer = self.new_layer(state, chosen["block"], dict(chosen["concept"]), chosen["label"], mask=mask, mode=mode)
+        notes.info(f"New layer '{layer.name}' ({mode}) painted where the feature is active.")
+        return {**self.repaint(state, notes, live), "editor": self.editor(state), **self.panel(state)}
+
+
+__all__ = ["FACTOR_HEADERS", "INSPECT_HEADERS", "InspectorHandlers"]

@@ -1,0 +1,170 @@
+"""One browser tab's painting and the pure operations on its layers: no Gradio, no engine, no files.
+
+A ``TabState`` is what ``gr.State`` holds for a tab: its settings, images and named concept layers (the active one
+is the one the canvas edits). The functions here change a state and return what changed; the handlers
+(``generate``, ``layers``, ``palette`` …) validate the user's values, call them and say what happened.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .. import canvas
+from ..canvas import CanvasLayer
+from ..explore import FeatureMaps
+from ..painting import Concept, Layer, Painting
+from ..session import Session
+
+
+@dataclass
+class TabState:
+    """One browser tab's painting: never shared, never global."""
+
+    tab_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    settings: Session | None = None  # the settings of the last Generate (no layers)
+    base: Image.Image | None = None  # the plain image of those settings: the canvas background
+    output: Image.Image | None = None  # the last good displayed image
+    layers: list[CanvasLayer] = field(default_factory=list)
+    active: int = -1
+    custom: list[dict] = field(default_factory=list)  # saved concepts: {"name", "block", "features"}
+    selected: dict | None = None  # the concept last picked: {"block", "concept", "label", "source"}
+    maps_key: str | None = None
+    maps: FeatureMaps | None = None
+    keep_outside: bool = True  # outside every painted area, keep the plain image's latents
+
+    def active_layer(self) -> CanvasLayer | None:
+        return self.layers[self.active] if 0 <= self.active < len(self.layers) else None
+
+    def has_paint(self) -> bool:
+        """Whether any enabled layer has something painted (else the image is the plain one)."""
+        return any(layer.enabled and not layer.is_empty() for layer in self.layers)
+
+    def layer_by_uid(self, uid: str | None) -> CanvasLayer | None:
+        """The layer a canvas edit names (None if it was deleted meanwhile, or names none)."""
+        return next((layer for layer in self.layers if layer.uid == uid), None)
+
+    def changed(self) -> None:
+        """The painting changed: the inspector's feature maps are stale."""
+        self.maps_key = None
+
+
+def painting(state: TabState, settings: Session) -> Painting:
+    """The tab's painting as the engine takes it: ``settings`` (of the tab) with its layers, masks as they are
+    (numpy, shared, not copied: the engine only reads them)."""
+    layers = [Layer(Concept.from_dict(layer.block, layer.concept), layer.mask, name=layer.name, mode=layer.mode,
+                    strength=float(layer.strength), step_range=layer.step_range, offset=tuple(layer.offset),
+                    enabled=layer.enabled, cond_only=bool(layer.extra.get("cond_only", False)))
+              for layer in state.layers]
+    return Painting(settings.model, settings.prompt, settings.negative_prompt, settings.seed, settings.width,
+                    settings.height, settings.steps, settings.guidance, layers, state.keep_outside)
+
+
+def new_tab_state() -> TabState:
+    return TabState()
+
+
+def unique_name(name: str, taken: list[str]) -> str:
+    """``name`` (trimmed to 80 characters), numbered "name (2)", "name (3)" … if a layer already has it."""
+    name = name.strip()[:80] or "layer"
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name} ({n})", n + 1
+    return candidate
+
+
+def add_layer(state: TabState, block: str, concept: dict, *, label: str = "", width: int, height: int,
+              strength: float, step_range: tuple[int, int] | None, mask: np.ndarray | None = None,
+              mode: str = "add") -> CanvasLayer:
+    """Append a layer painting ``concept`` (named after ``label`` or the concept) and make it the active one."""
+    name = unique_name(label or canvas.describe_concept(block, concept), [layer.name for layer in state.layers])
+    layer = CanvasLayer(name=name, block=block, concept=concept, mode=mode, strength=strength,
+                        step_range=step_range, mask=mask if mask is not None else canvas.empty_mask(width, height),
+                        color=canvas.next_color(state.layers))
+    state.layers.append(layer)
+    state.active = len(state.layers) - 1
+    return layer
+
+
+def select_layer(state: TabState, index: object) -> bool:
+    """Make layer ``index`` the active one; False (nothing changed) if there is no such layer."""
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(state.layers):
+        return False
+    state.active = index
+    return True
+
+
+def delete_active(state: TabState) -> CanvasLayer | None:
+    """Remove the active layer (the next one, else the one before, becomes active); returns it, or None."""
+    layer = state.active_layer()
+    if layer is None:
+        return None
+    del state.layers[state.active]
+    state.active = min(state.active, len(state.layers) - 1)
+    return layer
+
+
+def clear_layer(layer: CanvasLayer) -> None:
+    """Nothing painted, nothing moved."""
+    layer.mask = np.zeros_like(layer.mask)
+    layer.offset = (0, 0)
+
+
+def rename_layer(state: TabState, layer: CanvasLayer, name: str) -> None:
+    """Name ``layer`` ``name``, numbered if another layer has that name."""
+    layer.name = unique_name(name, [other.name for other in state.layers if other is not layer])
+
+
+def resize_layers(state: TabState, width: int, height: int) -> None:
+    """Masks for a new image size (area-averaged down, bilinear up), offsets kept within it."""
+    for layer in state.layers:
+        layer.mask = canvas.quantize(canvas.resize_mask(layer.mask, width, height))
+        layer.offset = canvas.clamp_offset(layer.offset, width, height)
+
+
+def drop_step_ranges_past(state: TabState, steps: int) -> list[CanvasLayer]:
+    """Layers whose step range ends after ``steps`` act on every step instead; returns those layers."""
+    dropped = [layer for layer in state.layers if layer.step_range and layer.step_range[1] > steps]
+    for layer in dropped:
+        layer.step_range = None
+    return dropped
+
+
+def fitting_step_range(step_range: tuple[int, int] | None, steps: int) -> tuple[int, int] | None:
+    """``step_range`` if it fits in ``steps`` steps, else None (every step)."""
+    return step_range if step_range and step_range[1] <= steps else None
+
+
+def nudge_layer(layer: CanvasLayer, dx: int, dy: int, width: int, height: int) -> bool:
+    """Move the layer's region by (dx, dy) pixels (kept within the image); whether the offset changed."""
+    new = canvas.nudge(layer.offset, dx, dy, width, height)
+    changed, layer.offset = new != layer.offset, new
+    return changed
+
+
+def place_layer(layer: CanvasLayer, x: float, y: float, width: int, height: int) -> bool:
+    """Move the layer's region so its centre of mass is at (x, y) (raises ``PaintError`` if nothing is painted);
+    whether the offset changed."""
+    new = canvas.clamp_offset(canvas.place_at(layer.mask, x, y), width, height)
+    changed, layer.offset = new != layer.offset, new
+    return changed
+
+
+def reset_offset(layer: CanvasLayer) -> bool:
+    changed, layer.offset = layer.offset != (0, 0), (0, 0)
+    return changed
+
+
+def set_field(layer: CanvasLayer, name: str, value: object) -> bool:
+    """Set one of the layer's settings (mode, strength, step_range, enabled); whether it changed."""
+    changed = getattr(layer, name) != value
+    setattr(layer, name, value)
+    return changed
+
+
+__all__ = ["TabState", "add_layer", "clear_layer", "delete_active", "drop_step_ranges_past", "fitting_step_range",
+           "new_tab_state", "nudge_layer", "painting", "place_layer", "rename_layer", "reset_offset", "resize_layers",
+           "select_layer", "set_field", "unique_name"]
