@@ -1,4 +1,4 @@
-"""Canvas layers: soft masks at image size; session layers <-> canvas layers; moving a painted region.
+"""Canvas layers: painted layers with a colour and an id for the page; soft masks at image size; moving a region.
 
 The page's canvas (``web_canvas``) shows the image enlarged by an integer ``scale`` so strokes can be precise on
 small images. A stroke's opacity is its mask strength; masks are area-averaged from canvas pixels to image pixels
@@ -8,6 +8,7 @@ small value, not nothing. A moved region keeps its painted mask and stores the m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -16,69 +17,28 @@ import numpy as np
 from PIL import Image
 
 from .errors import PaintError
-from .session import Layer, Mask, encode_png_mask, shift
+from .painting import Layer
 
 LAYER_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 DISPLAY_TARGET = 128  # canvas pixels along the longer side, at least
-CHANGE_TOLERANCE = 1.5 / 255  # PNG round trips through the browser may move alpha by one level
+CHANGE_TOLERANCE = 1.5 / 255  # a mask that moved less than this (a rounding) is the same mask
 
 
 @dataclass
-class CanvasLayer:
-    """One concept layer as the app keeps it: the unshifted mask at image size plus how the concept acts."""
+class CanvasLayer(Layer):
+    """A painted layer as the page keeps it: the painting's layer, with the colour it is tinted in and the id the
+    page's edits name it by."""
 
-    name: str
-    block: str
-    concept: dict  # {"feature": 3} | {"factor": 1} | {"features": {3: 1.0, 7: 0.5}}
-    mask: np.ndarray  # float32 [height, width] in [0, 1]
-    mode: str = "add"
-    strength: float = 1.0
-    step_range: tuple[int, int] | None = None
-    offset: tuple[int, int] = (0, 0)
-    enabled: bool = True
     color: str = LAYER_COLORS[0]
-    extra: dict = field(default_factory=dict)  # e.g. cond_only, carried through from a loaded session
-    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # names the layer in the page's edits
-
-    def shown_mask(self) -> np.ndarray:
-        """The mask where it acts: moved by the layer's offset."""
-        return shift(self.mask, self.offset)
-
-    def is_empty(self) -> bool:
-        return not bool((self.shown_mask() > 0).any())
-
-    def to_session_layer(self) -> Layer:
-        layer = Layer(block=self.block, mask=Mask(png=encode_png_mask(self.mask)), name=self.name, mode=self.mode,
-                      strength=float(self.strength), step_range=self.step_range, offset=tuple(self.offset),
-                      enabled=self.enabled, cond_only=bool(self.extra.get("cond_only", False)))
-        if "feature" in self.concept:
-            layer.feature = int(self.concept["feature"])
-        elif "factor" in self.concept:
-            layer.factor = int(self.concept["factor"])
-        else:
-            layer.features = {int(f): float(w) for f, w in self.concept["features"].items()}
-        return layer
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @classmethod
-    def from_session_layer(cls, layer: Layer, width: int, height: int, color: str) -> CanvasLayer:
-        if layer.feature is not None:
-            concept: dict = {"feature": layer.feature}
-        elif layer.factor is not None:
-            concept = {"factor": layer.factor}
-        else:
-            concept = {"features": dict(layer.features or {})}
-        return cls(name=layer.name or describe_concept(layer.block, concept), block=layer.block, concept=concept,
-                   mask=layer.mask.to_array(width, height), mode=layer.mode, strength=layer.strength,
-                   step_range=layer.step_range, offset=tuple(layer.offset), enabled=layer.enabled, color=color,
-                   extra={"cond_only": layer.cond_only} if layer.cond_only else {})
-
-
-def describe_concept(block: str, concept: dict) -> str:
-    if "feature" in concept:
-        return f"{block} feature {concept['feature']}"
-    if "factor" in concept:
-        return f"{block} factor {concept['factor']}"
-    return f"{block} mix of {len(concept['features'])} features"
+    def of(cls, layer: Layer, color: str) -> CanvasLayer:
+        """A painted layer (e.g. from a session file) on the canvas, tinted ``color``."""
+        values = {item.name: getattr(layer, item.name) for item in dataclasses.fields(Layer)}
+        if not values["name"]:
+            values["name"] = layer.concept.describe()
+        return cls(**values, color=color)
 
 
 def next_color(layers: list[CanvasLayer]) -> str:
@@ -121,17 +81,6 @@ def alpha_to_mask(layer: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(alpha, 0.0, 1.0)
 
 
-
-
-
-
-def quantize(mask: np.ndarray) -> np.ndarray:
-    """A float mask at the 256 levels a session file stores (its 8-bit PNG), exactly as reading that file gives
-    them: painting a layer and rendering its downloaded session then give the same pixels."""
-    grey = np.clip(np.rint(np.asarray(mask, np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return grey.astype(np.float32) / 255.0
-
-
 def canvas_background(image: Image.Image | None, others: list[CanvasLayer], width: int, height: int) -> Image.Image:
     """The base image at image size, with the other layers' (moved) masks tinted over it (the page enlarges it)."""
     base = image.convert("RGB") if image is not None else Image.new("RGB", (width, height), (236, 236, 236))
@@ -143,10 +92,6 @@ def canvas_background(image: Image.Image | None, others: list[CanvasLayer], widt
         picture = picture * (1 - weight) + np.array(_rgb(layer.color), np.float32) * weight
     picture = np.clip(np.rint(picture), 0, 255).astype(np.uint8)
     return Image.fromarray(picture)
-
-
-
-
 
 
 def masks_differ(a: np.ndarray, b: np.ndarray) -> bool:
@@ -208,5 +153,5 @@ def _rgb(color: str) -> tuple[int, int, int]:
 
 
 __all__ = ["CanvasLayer", "LAYER_COLORS", "alpha_to_mask", "canvas_background", "clamp_offset",
-           "describe_concept", "display_scale", "empty_mask", "mask_from_image",
-           "masks_differ", "next_color", "nudge", "place_at", "quantize", "resize_mask"]
+           "display_scale", "empty_mask", "mask_from_image",
+           "masks_differ", "next_color", "nudge", "place_at", "resize_mask"]

@@ -20,7 +20,7 @@ from sae.recipes import Recipes, load_recipes
 from .errors import ModelError, PaintError
 from .models import ModelProfile
 from .modes import MODES, RANKS
-from .painting import Concept
+from .painting import Choice, Concept, Recipe
 
 _BLOCK_IN_NAME = re.compile(r"((?:down_blocks|up_blocks)\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+)")
 
@@ -110,8 +110,6 @@ class ConceptLibrary:
 
     def resolve(self, concept: Concept, where: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
         """Features and weights of a concept (a feature, a factor or a weighted mix)."""
-        if not isinstance(concept, Concept):  # a session layer
-            concept = concept.to_concept()
         try:
             return self._resolve(concept, where)
         except SAEError as exc:
@@ -139,8 +137,8 @@ class ConceptLibrary:
             entry.sae.check_feature(feature, f"{where}.features key")
         return tuple(f for f, _ in concept.mix), tuple(w for _, w in concept.mix)
 
-    def first_concept(self, profile: ModelProfile | None = None) -> dict | None:
-        """What a new layer paints when nothing is picked: ``{"block", "concept", "label"}``.
+    def first_concept(self, profile: ModelProfile | None = None) -> Choice | None:
+        """What a new layer paints when nothing is picked.
 
         The model's own choice (``layer_defaults.concept`` in its ``paint_app.json``) when those SAEs are loaded
         and have it; else the feature that best reads its label; None without SAEs."""
@@ -149,15 +147,25 @@ class ConceptLibrary:
         if entry is not None and "factor" in wanted and entry.factors is not None \
                 and wanted["factor"] in entry.factors.labels:
             factor = entry.factors.labels.index(wanted["factor"])
-            return {"block": entry.block, "concept": {"factor": factor}, "label": wanted["factor"]}
+            return Choice(Concept(entry.block, factor=factor), wanted["factor"], source="default")
         if entry is not None and "feature" in wanted and wanted["feature"] < entry.sae.n_features:
             feature = wanted["feature"]
-            return {"block": entry.block, "concept": {"feature": feature}, "label": entry.label(feature)}
+            return Choice(Concept(entry.block, feature=feature), entry.label(feature), source="default")
         rows = self.feature_rows()
         if not rows:
             return None
         best = max(rows, key=lambda r: r["score"])
-        return {"block": best["block"], "concept": {"feature": best["feature"]}, "label": best["label"]}
+        return Choice(Concept(best["block"], feature=best["feature"]), best["label"], source="default")
+
+    def recipe_choice(self, block: str, name: str) -> Choice:
+        """The concept ``name``'s recipe on ``block`` (``recipes.json``) as a choice: what it paints, and how."""
+        entry = self.get(block)
+        edit = entry.recipes.best(name) if entry.recipes is not None else None
+        if edit is None:
+            raise PaintError(f"recipe is {name!r}; block {block} has no recipe of that name")
+        concept = Concept(block, feature=edit.feature) if edit.feature is not None else Concept(block, factor=edit.factor)
+        recipe = Recipe(edit.mode, edit.strength, tuple(edit.step_range) if edit.step_range else None, edit.score)
+        return Choice(concept, name, recipe)
 
     def feature_rows(self, block: str | None = None, search: str | None = None, rank: str = "write") -> list[dict]:
         """One row per feature (block, feature, label, score, write, source, frequency, sigma, and for each mode

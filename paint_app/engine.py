@@ -12,7 +12,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -22,7 +21,7 @@ from sae.exemplars import Example, pasteable_record, record_example
 from .concepts import ConceptLibrary
 from .errors import ModelError, PaintError
 from .models import LoadedModel, load_model
-from .painting import Painting
+from .painting import Painting, quantize_mask
 from .session import Session, as_painting
 from .steering import Edit, Plan, apply_plan, keep_outside, painted_cover, paste_outside
 from .step_cache import StepCache
@@ -73,7 +72,7 @@ class Engine:
             if not layer.enabled:
                 continue
             features, weights = self.concepts.resolve(layer.concept, where)
-            mask = torch.from_numpy(mask_levels(layer.shown_mask()))
+            mask = torch.from_numpy(quantize_mask(layer.shown_mask()))
             if not bool(mask.any()):
                 continue
             edits.append(Edit(block=layer.block, features=features, weights=weights, mask=mask,
@@ -94,7 +93,7 @@ class Engine:
         return self.generate_timed(painting, replay).image
 
     def generate_timed(self, painting: Painting | Session, replay: bool = True) -> Generation:
-        """Render a painting (a painting file's is decoded first).
+        """Render a painting (a session file's is decoded first).
 
         1. plan the edits (each layer's concept resolved to features, its mask moved and put on 8-bit levels);
         2. encode the prompt (cached);
@@ -246,11 +245,6 @@ class Engine:
         if self.model.name in ("toy", "tiny-random-sd", "tiny-random-sdxl"):
             report["unknown_words"] = unknown_words(tokenizer, prompt)
         return report
-
-
-def mask_levels(mask: np.ndarray) -> np.ndarray:
-    """A mask on the 256 levels its painting PNG holds, so a painting renders as its saved painting replays."""
-    return np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8).astype(np.float32) / np.float32(255.0)
 
 
 def load_engine(model: str, sae_paths: list[str], device: str = "auto") -> Engine:

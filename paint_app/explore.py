@@ -23,7 +23,8 @@ from sae.pipelines import get_block
 
 from .engine import Engine
 from .errors import PaintError
-from .session import Layer, Mask, Session
+from .painting import Concept, Layer, Painting
+from .session import Session, as_painting
 
 KEEP = 32  # features kept per location
 HEAT_COLOR = (255, 40, 40)
@@ -119,18 +120,19 @@ def _captures_after_edits(unet: torch.nn.Module, captures: dict[str, _Capture]) 
         yield
 
 
-def capture_feature_maps(engine: Engine, session: Session, blocks: list[str] | None = None,
+def capture_feature_maps(engine: Engine, painting: Painting | Session, blocks: list[str] | None = None,
                          keep: int = KEEP) -> tuple[Image.Image, FeatureMaps]:
-    """Generate ``session`` (the same pixels as ``engine.generate``) and read its feature maps on ``blocks``
+    """Generate ``painting`` (the same pixels as ``engine.generate``) and read its feature maps on ``blocks``
     (default: every block with an SAE)."""
+    painting = as_painting(painting)
     names = list(blocks) if blocks is not None else sorted(engine.concepts.blocks)
     captures = {name: _Capture(engine.concepts.get(name).sae) for name in names}
     with engine.lock:
-        if session.keep_outside and session.layers:
-            engine.generate(replace(session, layers=[]))  # the plain run keep_outside needs, unseen by the hooks
+        if painting.keep_outside and painting.layers:
+            engine.generate(painting.unpainted())  # the plain run keep_outside needs, unseen by the hooks
         with _captures_after_edits(engine.pipeline.unet, captures):
-            image = engine.generate(session, replay=False)  # the hooks must see every step
-    maps = FeatureMaps(session.width, session.height, {name: c.block_map(keep) for name, c in captures.items()})
+            image = engine.generate(painting, replay=False)  # the hooks must see every step
+    maps = FeatureMaps(painting.width, painting.height, {name: c.block_map(keep) for name, c in captures.items()})
     return image, maps
 
 
@@ -202,17 +204,10 @@ def region_of(maps: FeatureMaps, block: str, feature: int, threshold: float = 0.
     return np.where(soft >= threshold, np.clip(soft / 0.5, 0, 1), 0.0).astype(np.float32)
 
 
-def everywhere_session(settings: Session, block: str, concept: dict, strength: float) -> Session:
+def everywhere(settings: Painting, concept: Concept, strength: float) -> Painting:
     """``settings`` with one layer painting ``concept`` over the whole image (a palette preview)."""
-    layer = Layer(block=block, mask=Mask(rects=[[0, 0, settings.width, settings.height]]), name="preview",
-                  strength=strength)
-    if "feature" in concept:
-        layer.feature = int(concept["feature"])
-    elif "factor" in concept:
-        layer.factor = int(concept["factor"])
-    else:
-        layer.features = {int(f): float(w) for f, w in concept["features"].items()}
-    return replace(settings, layers=[layer])
+    mask = np.ones((settings.height, settings.width), np.float32)
+    return replace(settings, layers=[Layer(concept, mask, name="preview", strength=strength)])
 
 
 class ExploreCache:
@@ -228,21 +223,21 @@ class ExploreCache:
         self._lock = threading.Lock()
         self._probes: list[tuple[str, Image.Image, FeatureMaps]] | None = None
 
-    def neutral_settings(self) -> Session:
+    def neutral_settings(self) -> Painting:
         profile = self.engine.model.profile
-        return Session(model=self.engine.model.name, prompt="", seed=0, width=profile.width, height=profile.height,
-                       steps=profile.steps, guidance=profile.guidance)
+        return Painting(model=self.engine.model.name, prompt="", seed=0, width=profile.width, height=profile.height,
+                        steps=profile.steps, guidance=profile.guidance)
 
-    def preview(self, block: str, concept: dict, strength: float = 2.0) -> Image.Image:
+    def preview(self, concept: Concept, strength: float = 2.0) -> Image.Image:
         """The concept painted everywhere on an empty prompt, beside the same image without it."""
-        key = (block, repr(sorted(concept.items())), strength)
+        key = (concept, strength)
         with self._lock:
-            return self._previews[key] if key in self._previews else self._make_preview(key, block, concept, strength)
+            return self._previews[key] if key in self._previews else self._make_preview(key, concept, strength)
 
-    def _make_preview(self, key: tuple, block: str, concept: dict, strength: float) -> Image.Image:
+    def _make_preview(self, key: tuple, concept: Concept, strength: float) -> Image.Image:
         settings = self.neutral_settings()
         plain = self.engine.generate(settings)
-        painted = self.engine.generate(everywhere_session(settings, block, concept, strength))
+        painted = self.engine.generate(everywhere(settings, concept, strength))
         pair = Image.new("RGB", (plain.width * 2 + 2, plain.height), (255, 255, 255))
         pair.paste(plain.convert("RGB"), (0, 0))
         pair.paste(painted.convert("RGB"), (plain.width + 2, 0))
@@ -287,5 +282,5 @@ class ExploreCache:
                 for peak, prompt, image, heat in scored[:n] if peak > 0]
 
 
-__all__ = ["BlockMap", "ExploreCache", "FeatureMaps", "capture_feature_maps", "everywhere_session", "heatmap",
+__all__ = ["BlockMap", "ExploreCache", "FeatureMaps", "capture_feature_maps", "everywhere", "heatmap",
            "heatmap_overlay", "region_of", "top_factors_at", "top_features_at"]

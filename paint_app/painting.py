@@ -6,6 +6,7 @@ Free of hooks, Gradio and file formats: the canvas, the palette, recipes and the
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,34 @@ class Concept:
         if self.factor is not None:
             return f"{self.block} factor {self.factor}"
         return f"{self.block} mix of {len(self.mix)} features"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a concept is best painted, as measured (``recipes.json``): the edit a pick of it sets on a layer."""
+
+    mode: str
+    strength: float
+    step_range: tuple[int, int] | None
+    score: float  # the share of its trials judged to show the concept
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A concept offered to paint with, by its name: from the palette, the inspector, the user's own, or the
+    model's default; with its recipe where one was measured."""
+
+    concept: Concept
+    label: str
+    recipe: Recipe | None = None
+    source: str = "palette"  # palette | inspector | mine | default
+
+
+def quantize_mask(mask: np.ndarray) -> np.ndarray:
+    """A float mask on the 256 levels a session file stores (an 8-bit PNG), exactly as reading that file gives
+    them: a painting and its saved session then render the same pixels."""
+    grey = np.clip(np.rint(np.asarray(mask, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return grey.astype(np.float32) / np.float32(255.0)
 
 
 def shift(array: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
@@ -122,9 +151,18 @@ class Painting:
         return (self.model, self.prompt, self.negative_prompt, self.seed, self.steps, self.guidance, self.width,
                 self.height)
 
+    def fingerprint(self) -> str:
+        """A digest of everything that decides the image (masks included), e.g. to key a cache by."""
+        digest = hashlib.sha1(repr((self.settings(), self.keep_outside)).encode())
+        for layer in self.layers:
+            digest.update(repr((layer.concept, layer.mode, layer.strength, layer.step_range, layer.offset,
+                                layer.enabled, layer.cond_only, layer.mask.shape)).encode())
+            digest.update(np.ascontiguousarray(layer.mask, np.float32).tobytes())
+        return digest.hexdigest()
+
     def unpainted(self) -> Painting:
         return Painting(self.model, self.prompt, self.negative_prompt, self.seed, self.width, self.height, self.steps,
                         self.guidance, [], self.keep_outside)
 
 
-__all__ = ["Concept", "Layer", "Painting", "shift"]
+__all__ = ["Choice", "Concept", "Layer", "Painting", "Recipe", "quantize_mask", "shift"]

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .canvas import CanvasLayer, alpha_to_mask, canvas_background, clamp_offset, display_scale, quantize
+from .canvas import CanvasLayer, alpha_to_mask, canvas_background, clamp_offset, display_scale
 from .errors import PaintError, as_int
+from .painting import quantize_mask
 
 WEB = Path(__file__).with_name("web")
 PNG_PREFIX = "data:image/png;base64,"
@@ -115,7 +116,7 @@ def encode_mask(alpha: np.ndarray) -> dict:
 def decode_mask(value: Any, width: int, height: int) -> np.ndarray:
     """The page's mask (``{"width", "height", "data"}``: base64 of one byte per canvas pixel, row-major, at a whole
     multiple of the image size) -> float mask [height, width] in [0, 1], area-averaged to image pixels (at the
-    session file's 256 levels: ``canvas.quantize``)."""
+    session file's 256 levels: ``painting.quantize_mask``)."""
     if not isinstance(value, dict) or not {"width", "height", "data"} <= set(value):
         shown = type(value).__name__ if not isinstance(value, dict) else f"an object with {sorted(value)}"
         raise PaintError(f"canvas edit: 'mask' is {shown}; allowed: an object with 'width', 'height' and 'data' "
@@ -139,7 +140,7 @@ def decode_mask(value: Any, width: int, height: int) -> np.ndarray:
         raise PaintError(f"canvas edit: 'mask.data' holds {len(raw)} bytes; allowed: one per canvas pixel, "
                          f"{mask_width}x{mask_height} = {mask_width * mask_height}")
     alpha = np.frombuffer(raw, np.uint8).reshape(mask_height, mask_width)
-    return quantize(alpha_to_mask(alpha, width, height))
+    return quantize_mask(alpha_to_mask(alpha, width, height))
 
 
 __all__ = ["CanvasEdit", "canvas_value", "decode_mask", "encode_mask", "parse_edit", "png_data_url", "script", "style", "template"]

@@ -12,6 +12,7 @@ from PIL import Image
 from paint_app import canvas, web_canvas
 from paint_app.canvas import CanvasLayer
 from paint_app.errors import PaintError
+from paint_app.painting import Concept, Painting
 from paint_app.session import Layer, Mask, Session
 
 
@@ -42,7 +43,7 @@ def test_canvas_mask_round_trip_is_exact_and_masks_compare_with_tolerance():
     """Server mask -> canvas value (PNG at image size, shown enlarged) -> the page's raw bytes at canvas size ->
     mask."""
     mask = square_mask(value=0.6)
-    layer = CanvasLayer("a", "b", {"feature": 1}, mask)
+    layer = CanvasLayer(Concept("b", feature=1), mask, name="a")
     value = web_canvas.canvas_value(None, [layer], 0, 64, 64, "#ff2d95")
     assert value["layer"] == layer.uid and value["scale"] == 2
     enlarged = np.repeat(np.repeat(shown_mask(value), 2, axis=0), 2, axis=1)
@@ -59,8 +60,8 @@ def test_canvas_mask_round_trip_is_exact_and_masks_compare_with_tolerance():
 
 def test_canvas_value_shows_the_active_layer_unshifted_and_tints_the_others():
     base = Image.new("RGB", (64, 64), (0, 0, 0))
-    active = CanvasLayer("a", "b", {"feature": 1}, square_mask(), offset=(5, 0), color="#00ff00")
-    other = CanvasLayer("o", "b", {"feature": 2}, square_mask(box=(40, 40, 50, 50)), color="#ff0000")
+    active = CanvasLayer(Concept("b", feature=1), square_mask(), name="a", offset=(5, 0), color="#00ff00")
+    other = CanvasLayer(Concept("b", feature=2), square_mask(box=(40, 40, 50, 50)), name="o", color="#ff0000")
     value = web_canvas.canvas_value(base, [active, other], 0, 64, 64, "#ff2d95")
     assert value["offset"] == [5, 0] and value["color"] == "#ff2d95"
     assert np.array_equal(shown_mask(value) / 255.0, square_mask())  # the page moves it by the offset itself
@@ -115,24 +116,26 @@ def test_mask_from_image_converts_modes_and_sizes_with_notes():
 
 
 def test_canvas_layer_session_round_trip():
-    layer = CanvasLayer("mix", "mid_block.attentions.0", {"features": {3: 1.0, 7: 0.5}}, square_mask(value=0.5),
-                        mode="set", strength=2.5, step_range=(1, 3), offset=(2, -3), enabled=False,
-                        extra={"cond_only": True})
-    session = Session(model="tiny-random-sd", steps=4, layers=[layer.to_session_layer()])
-    parsed = Session.from_json(session.to_json()).layers[0]
-    back = CanvasLayer.from_session_layer(parsed, 64, 64, "#123456")
-    assert back.concept == {"features": {3: 1.0, 7: 0.5}} and back.mode == "set" and back.strength == 2.5
+    layer = CanvasLayer(Concept.of_mix("mid_block.attentions.0", {3: 1.0, 7: 0.5}), square_mask(value=0.5),
+                        name="mix", mode="set", strength=2.5, step_range=(1, 3), offset=(2, -3), enabled=False,
+                        cond_only=True)
+    painting = Painting(model="tiny-random-sd", steps=4, layers=[layer])
+    parsed = Session.from_json(Session.of(painting).to_json()).to_painting().layers[0]
+    back = CanvasLayer.of(parsed, "#123456")
+    assert back.concept == Concept("mid_block.attentions.0", mix=((3, 1.0), (7, 0.5)))
+    assert back.mode == "set" and back.strength == 2.5 and back.color == "#123456"
     assert back.step_range == (1, 3) and back.offset == (2, -3) and back.enabled is False
-    assert back.extra == {"cond_only": True} and back.name == "mix"
+    assert back.cond_only is True and back.name == "mix"
     assert np.abs(back.mask - layer.mask).max() <= 1 / 255
     rects = Layer(block="b", mask=Mask(rects=[[0, 0, 8, 8]]), factor=2)
-    assert CanvasLayer.from_session_layer(rects, 64, 64, "#000000").concept == {"factor": 2}
+    unnamed = CanvasLayer.of(rects.to_painted(64, 64), "#000000")
+    assert unnamed.concept == Concept("b", factor=2) and unnamed.name == "b factor 2"
 
 
 def test_resize_mask_and_colours():
     mask = square_mask()
     assert canvas.resize_mask(mask, 32, 32).shape == (32, 32)
     assert canvas.resize_mask(mask, 128, 96).shape == (96, 128)
-    layers = [CanvasLayer(str(i), "b", {"feature": i}, mask, color=canvas.next_color([])) for i in range(2)]
+    layers = [CanvasLayer(Concept("b", feature=i), mask, name=str(i), color=canvas.next_color([])) for i in range(2)]
     assert canvas.next_color(layers[:1]) != layers[0].color
     assert canvas.display_scale(64, 64) >= 2 and canvas.display_scale(1024, 512) == 1

@@ -8,6 +8,7 @@ from PIL import Image
 
 from paint_app import explore
 from paint_app.errors import PaintError
+from paint_app.painting import Concept
 from paint_app.session import Session
 from sae.hooks import named_hooks
 
@@ -127,9 +128,9 @@ def test_output_site_sae_is_read_too(tmp_path):
 
 def test_explore_cache_preview_and_examples(tiny_engine):
     cache = explore.ExploreCache(tiny_engine, probe_seeds=(0,))
-    first = cache.preview(BLOCK, {"feature": 0}, 4.0)
+    first = cache.preview(Concept(BLOCK, feature=0), 4.0)
     assert first.size == (64 * 2 + 2, 64)
-    assert cache.preview(BLOCK, {"feature": 0}, 4.0) is first
+    assert cache.preview(Concept(BLOCK, feature=0), 4.0) is first
     assert not np.array_equal(np.asarray(first)[:, :64], np.asarray(first)[:, 66:])
     assert cache.probe_prompts()[0] == "" and "red thing" in cache.probe_prompts()
     examples = cache.top_examples(BLOCK, {0: 1.0}, n=2)

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from paint_app import web_canvas
+from paint_app.painting import Choice, Concept
 from paint_app.session import Session
 from paint_app.ui import PaintApp, TabState, build_app
 from paint_app.ui.outputs import check_declared, declared_handlers
@@ -312,7 +313,7 @@ def test_layers_add_select_delete_clear(app, state):
     result = app.pick_concept(state, ["feature", MID, 1, "blue thing", ""], True)
     assert state.layers[0].mode == "add" and "no example to paste" in result["status"]
     app.add_layer(state)
-    assert len(state.layers) == 2 and state.active == 1 and state.layers[1].concept == {"feature": 1}
+    assert len(state.layers) == 2 and state.active == 1 and state.layers[1].concept.to_dict() == {"feature": 1}
     assert state.layers[1].name == "blue thing (2)"
     result = app.select_layer(state, 0)
     assert result["layer_select"]["value"] == 0 and result["editor"]["layer"] == state.layers[0].uid
@@ -421,13 +422,15 @@ def test_a_recipe_row_paints_its_edit_with_its_mode_strength_and_steps(app, stat
         painted(app, state)
         result = app.pick_concept(state, rows[0], True)
         layer = state.layers[0]
-        assert (layer.concept, layer.mode, layer.strength, layer.step_range) == ({"feature": 3}, "set", 7.0, (1, 3))
+        assert (layer.concept.to_dict(), layer.mode, layer.strength, layer.step_range) == ({"feature": 3}, "set", 7.0,
+                                                                                             (1, 3))
         assert "output" in result and "judged right in 75%" in result["status"]
         app.pick_concept(state, rows[1], True)  # steps beyond the session's: every step
-        assert (layer.concept, layer.mode, layer.strength, layer.step_range) == ({"factor": 1}, "add", 4.0, None)
+        assert (layer.concept.to_dict(), layer.mode, layer.strength, layer.step_range) == ({"factor": 1}, "add", 4.0,
+                                                                                             None)
         with pytest.warns(UserWarning, match="recipe is 5"):
             app.pick_concept(state, ["recipe", BLOCK, 5, "nothing"], True)
-        assert layer.concept == {"factor": 1}
+        assert layer.concept.to_dict() == {"factor": 1}
     finally:
         entry.recipes = None
     with pytest.warns(UserWarning, match="recipe is 0"):
@@ -448,7 +451,7 @@ def test_palette_search_pick_and_preview(app, state):
     assert len(app.search(state, "", MID, "factors")["palette_table"]) == 3
     painted(app, state)
     result = app.pick_concept(state, ["factor", MID, 2, "factor 2", ""], True)
-    assert state.layers[0].concept == {"factor": 2} and "output" in result
+    assert state.layers[0].concept.to_dict() == {"factor": 2} and "output" in result
     preview = app.preview(state)
     assert preview["preview"].width > 128 and preview["examples"] and "factor 2" in preview["palette_info"]
     with pytest.warns(UserWarning, match="palette row"):
@@ -483,11 +486,11 @@ def test_factor_weights_are_edited_and_saved_as_a_concept(app, state):
         app.pick_factor(state, "nope")
     edited = [[rows[0][0], "", 2.0], [rows[1][0], "", 0]]
     app.save_factor(state, key, edited, "my mix")
-    assert state.custom == [{"name": "my mix", "block": BLOCK, "features": {rows[0][0]: 2.0}}]
+    assert state.custom == [Choice(Concept.of_mix(BLOCK, {rows[0][0]: 2.0}), "my mix", source="mine")]
     listed = app.search(state, "mix", "all blocks", "mine")["palette_table"]
     assert listed == [["mine", BLOCK, 0, "my mix", "", "", "", "", ""]]
     app.pick_concept(state, listed[0], True)
-    assert state.layers[0].concept == {"features": {rows[0][0]: 2.0}}
+    assert state.layers[0].concept == Concept.of_mix(BLOCK, {rows[0][0]: 2.0})
 
 
 def test_keep_outside_is_on_by_default_toggles_repaint_and_travels_with_the_session(app, state, tmp_path):
@@ -613,9 +616,9 @@ def test_the_first_layer_paints_the_models_chosen_concept_if_it_is_loaded(tiny_e
         best = max(engine.concepts.feature_rows(), key=lambda r: r["score"])
         expected = (best["block"], {"feature": best["feature"]}, best["label"])
     layer = state.layers[0]
-    assert (layer.block, layer.concept, layer.name) == expected
+    assert (layer.block, layer.concept.to_dict(), layer.name) == expected
     app.add_layer(state)
-    assert (state.layers[1].block, state.layers[1].concept) == expected[:2]
+    assert (state.layers[1].block, state.layers[1].concept.to_dict()) == expected[:2]
 
 
 def test_new_layers_start_with_the_models_layer_defaults(tiny_engine, tmp_path):

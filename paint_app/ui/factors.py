@@ -7,6 +7,7 @@ from typing import Any
 from sae.errors import SAEError
 
 from ..errors import PaintError, to_finite
+from ..painting import Choice, Concept
 from ..session import MAX_STRENGTH
 from .outputs import Notes, outputs
 from .state import TabState
@@ -69,8 +70,8 @@ class FactorHandlers(Views):
         except (PaintError, SAEError) as exc:
             notes.warn(str(exc))
             return {"status": notes.text()}
-        state.custom.append({"name": title, "block": block, "features": features})
-        state.selected = {"block": block, "concept": {"features": dict(features)}, "label": title}
+        state.selected = Choice(Concept.of_mix(block, features), title, source="mine")
+        state.custom.append(state.selected)
         notes.info(f"Saved '{title}' ({len(features)} features) to the palette under 'mine'; New layer paints "
                    "with it.")
         return {"state": state, "status": notes.text()}

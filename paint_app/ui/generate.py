@@ -32,7 +32,7 @@ class GenerateHandlers(Views):
         state.output = state.base
         first = self.engine.concepts.first_concept(self.profile)
         if first is not None and not state.layers:
-            self.new_layer(state, first["block"], dict(first["concept"]), first["label"])
+            self.new_layer(state, first.concept, first.label)
         notes.info("Paint on the canvas: the image on the right follows your strokes.")
         return {**self.whole_view(state, notes), **self.settings_view(settings), "timing": "",
                 "prompt_notes": self.prompt_notes(settings.prompt, Notes(), quiet=True),

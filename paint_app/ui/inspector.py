@@ -18,6 +18,7 @@ from ..explore import (
     top_features_at,
 )
 from ..modes import MODES, NAMES
+from ..painting import Choice, Concept, quantize_mask
 from .outputs import CHANGED, Notes, outputs
 from .state import TabState
 from .views import Views
@@ -30,10 +31,10 @@ INSPECTED = ("state", "inspect_table", "factor_table", "inspect_info", "status")
 class InspectorHandlers(Views):
     def feature_maps(self, state: TabState) -> FeatureMaps:
         """Feature maps of the displayed image (re-run with read-only hooks; cached until the painting changes)."""
-        session = self.session_of(state)
-        key = session.to_json()
+        painting = self.painting_of(state)
+        key = painting.fingerprint()
         if state.maps_key != key or state.maps is None:
-            _, state.maps = capture_feature_maps(self.engine, session)
+            _, state.maps = capture_feature_maps(self.engine, painting)
             state.maps_key = key
         return state.maps
 
@@ -86,8 +87,7 @@ class InspectorHandlers(Views):
             notes.warn(str(exc))
             return {"status": notes.text()}
         label = self.engine.concepts.get(block).label(feature)
-        state.selected = {"block": block, "concept": {"feature": feature}, "label": label or f"feature {feature}",
-                          "source": "inspector"}
+        state.selected = Choice(Concept(block, feature=feature), label or f"feature {feature}", source="inspector")
         width, height = self.size(state)
         overlay = heatmap_overlay(state.output, heat, scale=canvas.display_scale(width, height, 256))
         info = f"Heatmap of **{label or 'feature ' + str(feature)}** ({block} feature {feature}), peak {heat.max():.3f}."
@@ -98,21 +98,21 @@ class InspectorHandlers(Views):
         """Turn the inspected feature into a layer painted where it is active (e.g. to erase it there)."""
         notes = Notes()
         chosen = state.selected
-        if chosen is None or chosen.get("source") != "inspector" or state.maps is None:
+        if chosen is None or chosen.source != "inspector" or state.maps is None:
             notes.warn("Click a point of the image and then a feature in the inspector first.")
             return {"status": notes.text()}
         if mode not in MODES:
             notes.warn(f"mode is {mode!r}; allowed: {', '.join(NAMES)}")
             return {"status": notes.text()}
-        if not self._paintable(chosen, mode):
-            notes.warn(MODES[mode].needs_text(chosen["block"]))
+        if not self._paintable(chosen.concept, mode):
+            notes.warn(MODES[mode].needs_text(chosen.concept.block))
             return {"status": notes.text()}
         try:
-            mask = canvas.quantize(region_of(state.maps, chosen["block"], chosen["concept"]["feature"]))
+            mask = quantize_mask(region_of(state.maps, chosen.concept.block, chosen.concept.feature))
         except PaintError as exc:
             notes.warn(str(exc))
             return {"status": notes.text()}
-        layer = self.new_layer(state, chosen["block"], dict(chosen["concept"]), chosen["label"], mask=mask, mode=mode)
+        layer = self.new_layer(state, chosen.concept, chosen.label, mask=mask, mode=mode)
         notes.info(f"New layer '{layer.name}' ({mode}) painted where the feature is active.")
         return {**self.repaint(state, notes, live), "editor": self.editor(state), **self.panel(state)}
 

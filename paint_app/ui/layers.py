@@ -76,7 +76,7 @@ class LayerHandlers(Views):
             notes.warn("No SAEs are loaded, so there are no concepts to paint; start the app with --sae PATH.")
             return {"status": notes.text()}
         chosen = state.selected if state.selected is not None else self.engine.concepts.first_concept(self.profile)
-        layer = self.new_layer(state, chosen["block"], dict(chosen["concept"]), chosen.get("label", ""))
+        layer = self.new_layer(state, chosen.concept, chosen.label)
         self._follow_recipe(state, layer, chosen, notes)
         notes.info(f"New layer '{layer.name}': paint it on the canvas.")
         return self.edited(state, notes)
@@ -141,7 +141,7 @@ class LayerHandlers(Views):
             if mode not in MODES:
                 notes.warn(f"mode is {mode!r}; allowed: {', '.join(NAMES)}")
                 return False
-            if not self._paintable({"block": layer.block, "concept": layer.concept}, mode):
+            if not self._paintable(layer.concept, mode):
                 notes.warn(f"{MODES[mode].needs_text(layer.block)} The layer keeps its mode {layer.mode!r}.")
                 return False
             changed = tab.set_field(layer, "mode", mode)

@@ -12,6 +12,7 @@ from .. import canvas
 from ..canvas import CanvasLayer
 from ..errors import PaintError
 from ..modes import MODES
+from ..painting import Choice, Concept
 from . import state as tab
 from .outputs import CHANGED, Notes, outputs
 from .state import TabState
@@ -30,15 +31,6 @@ def trial_cell(row: dict, mode: str) -> str:
         return ""
     score = row[f"{mode}_score"]
     return "yes" if score is None else f"yes, {score:.0%}"
-
-
-def concept_fields(concept: dict) -> dict:
-    """A canvas concept as ``session.Layer`` fields."""
-    if "feature" in concept:
-        return {"feature": int(concept["feature"])}
-    if "factor" in concept:
-        return {"factor": int(concept["factor"])}
-    return {"features": {int(f): float(w) for f, w in concept["features"].items()}}
 
 
 class PaletteHandlers(Views):
@@ -89,8 +81,9 @@ class PaletteHandlers(Views):
                     for r in concepts.recipe_rows(block, words)]
         if kind == "mine":
             terms = words.lower().split()
-            return [["mine", c["block"], i, c["name"], "", "", *("" for _ in NEEDING)] for i, c in enumerate(state.custom)
-                    if (block is None or c["block"] == block) and all(t in c["name"].lower() for t in terms)]
+            return [["mine", c.concept.block, i, c.label, "", "", *("" for _ in NEEDING)]
+                    for i, c in enumerate(state.custom)
+                    if (block is None or c.concept.block == block) and all(t in c.label.lower() for t in terms)]
         # "paints": the label's write score (how well painting the feature writes its label), where known;
         # "replace", "paste", "fill": whether the mode can paint it (a prototype, an example), with the mode's
         # score where measured. A search lists the best concepts for the active layer's mode first (its rank).
@@ -103,9 +96,8 @@ class PaletteHandlers(Views):
     def recipe_index(self, block: str, concept: str) -> int:
         return list(self.engine.concepts.blocks[block].recipes.edits).index(concept)
 
-    def concept_of_row(self, state: TabState, row: Any) -> dict:
-        """The concept a palette row names: {"block", "concept", "label"}, and for a recipe row "recipe": the
-        edit's {"mode", "strength", "step_range", "score"}."""
+    def concept_of_row(self, state: TabState, row: Any) -> Choice:
+        """The concept a palette row names, with its recipe for a recipe row."""
         try:
             kind, block, index, label = row[0], row[1], int(float(row[2])), str(row[3])
         except (TypeError, ValueError, IndexError):
@@ -113,23 +105,18 @@ class PaletteHandlers(Views):
         entry = self.engine.concepts.get(block, "palette block")
         if kind == "feature":
             entry.sae.check_feature(index, "palette feature")
-            return {"block": block, "concept": {"feature": index}, "label": label or f"feature {index}"}
+            return Choice(Concept(block, feature=index), label or f"feature {index}")
         if kind == "factor":
             if entry.factors is None or not 0 <= index < entry.factors.n_factors:
                 raise PaintError(f"factor is {index}; block {block} has no such factor")
-            return {"block": block, "concept": {"factor": index}, "label": label}
+            return Choice(Concept(block, factor=index), label)
         if kind == "recipe":
             concepts = list(entry.recipes.edits) if entry.recipes is not None else []
             if not 0 <= index < len(concepts) or entry.recipes.best(concepts[index]) is None:
                 raise PaintError(f"recipe is {index}; block {block} has no such recipe")
-            edit = entry.recipes.best(concepts[index])
-            concept = {"feature": edit.feature} if edit.feature is not None else {"factor": edit.factor}
-            return {"block": block, "concept": concept, "label": concepts[index],
-                    "recipe": {"mode": edit.mode, "strength": edit.strength, "score": edit.score,
-                               "step_range": tuple(edit.step_range) if edit.step_range else None}}
+            return self.engine.concepts.recipe_choice(block, concepts[index])
         if kind == "mine" and 0 <= index < len(state.custom):
-            custom = state.custom[index]
-            return {"block": custom["block"], "concept": {"features": dict(custom["features"])}, "label": custom["name"]}
+            return state.custom[index]
         raise PaintError(f"palette row kind is {kind!r}; allowed: feature, factor, recipe, mine")
 
     @outputs(*CHANGED)
@@ -143,37 +130,36 @@ class PaletteHandlers(Views):
             return {"status": notes.text()}
         state.selected = chosen
         if state.active_layer() is None:
-            layer = self.new_layer(state, chosen["block"], dict(chosen["concept"]), chosen["label"])
+            layer = self.new_layer(state, chosen.concept, chosen.label)
             self._follow_recipe(state, layer, chosen, notes)
             notes.info(f"New layer '{layer.name}': paint it on the canvas.")
             return self.edited(state, notes)
 
         def change(target: CanvasLayer) -> bool:
-            before = (target.block, target.concept, target.mode, target.strength, target.step_range)
-            target.block, target.concept = chosen["block"], dict(chosen["concept"])
-            tab.rename_layer(state, target, chosen["label"] or canvas.describe_concept(target.block, target.concept))
+            before = (target.concept, target.mode, target.strength, target.step_range)
+            target.concept = chosen.concept
+            tab.rename_layer(state, target, chosen.label or target.concept.describe())
             notes.info(f"Layer {state.active + 1} now paints '{target.name}'.")
             self._follow_recipe(state, target, chosen, notes)
-            changed = before != (target.block, target.concept, target.mode, target.strength, target.step_range)
-            if not self._paintable(chosen, target.mode):
+            changed = before != (target.concept, target.mode, target.strength, target.step_range)
+            if not self._paintable(chosen.concept, target.mode):
                 notes.info(f"It has {MODES[target.mode].lacks()}, so the layer now adds it.")
                 target.mode = "add"
             return changed
 
         return {"state": state, **self._change_layer(state, notes, live, change)}
 
-    def _follow_recipe(self, state: TabState, layer: CanvasLayer, chosen: dict, notes: Notes) -> None:
+    def _follow_recipe(self, state: TabState, layer: CanvasLayer, chosen: Choice, notes: Notes) -> None:
         """A recipe row sets the layer's mode, strength and steps to the recipe's (steps that do not fit the
         session's become every step)."""
-        recipe = chosen.get("recipe")
+        recipe = chosen.recipe
         if recipe is None:
             return
-        step_range = tab.fitting_step_range(recipe["step_range"], self.settings_of(state).steps)
-        layer.mode, layer.strength, layer.step_range = recipe["mode"], recipe["strength"], step_range
+        step_range = tab.fitting_step_range(recipe.step_range, self.settings_of(state).steps)
+        layer.mode, layer.strength, layer.step_range = recipe.mode, recipe.strength, step_range
         shown = "every step" if step_range is None else f"steps {step_range[0]}-{step_range[1]}"
-        notes.info(f"Its recipe: {recipe['mode']} {canvas.describe_concept(layer.block, layer.concept)} at strength "
-                   f"{recipe['strength']:g}, {shown} (judged right in {recipe['score']:.0%} of its trials, the rest "
-                   "of the image kept).")
+        notes.info(f"Its recipe: {recipe.mode} {layer.concept.describe()} at strength {recipe.strength:g}, {shown} "
+                   f"(judged right in {recipe.score:.0%} of its trials, the rest of the image kept).")
 
     @outputs("preview", "examples", "palette_info", "status")
     def preview(self, state: TabState) -> dict:
@@ -183,31 +169,24 @@ class PaletteHandlers(Views):
         if chosen is None:
             return {}
         try:
-            image = self.cache.preview(chosen["block"], chosen["concept"], self.profile.layer_strength)
-            examples = self.cache.top_examples(chosen["block"], self._weights_of(chosen))
+            image = self.cache.preview(chosen.concept, self.profile.layer_strength)
+            examples = self.cache.top_examples(chosen.concept.block, self.engine.concepts.weights(chosen.concept))
         except (PaintError, SAEError) as exc:
             notes.warn(f"No preview for this concept: {exc}")
             return {"status": notes.text()}
         scale = canvas.display_scale(image.width, image.height, 256)
-        info = (f"**{chosen['label']}** ({canvas.describe_concept(chosen['block'], chosen['concept'])}): left the "
+        info = (f"**{chosen.label}** ({chosen.concept.describe()}): left the "
                 f"empty prompt, right the concept painted everywhere at strength {self.profile.layer_strength:g}.")
         return {"preview": image.resize((image.width * scale, image.height * scale), Image.NEAREST),
                 "examples": examples, "palette_info": info}
 
-    def _paintable(self, chosen: dict, mode: str) -> bool:
-        """Whether a layer of ``mode`` can paint the concept: replace needs a prototype, paste an example."""
-        entry = self.engine.concepts.blocks.get(chosen["block"])
+    def _paintable(self, concept: Concept, mode: str) -> bool:
+        """Whether a layer of ``mode`` can paint the concept (what the mode needs: a prototype, an example)."""
+        entry = self.engine.concepts.blocks.get(concept.block)
         if MODES[mode].needs is None:
             return True
         return entry is not None and any(entry.can_paint(f, mode) and w > 0
-                                         for f, w in self._weights_of(chosen).items())
-
-    def _weights_of(self, chosen: dict) -> dict[int, float]:
-        from ..session import Layer, Mask
-
-        layer = Layer(block=chosen["block"], mask=Mask(rects=[]), **concept_fields(chosen["concept"]))
-        features, weights = self.engine.concepts.resolve(layer, "concept")
-        return dict(zip(features, weights))
+                                         for f, w in self.engine.concepts.weights(concept).items())
 
 
-__all__ = ["NEEDING", "PALETTE_HEADERS", "PALETTE_LIMIT", "PaletteHandlers", "concept_fields", "trial_cell"]
+__all__ = ["NEEDING", "PALETTE_HEADERS", "PALETTE_LIMIT", "PaletteHandlers", "trial_cell"]

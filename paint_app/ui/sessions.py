@@ -110,9 +110,8 @@ class SessionHandlers(Views):
                        f"({', '.join(self.sae_sources()) or 'those shipped with the model'}).")
         settings = replace(session, layers=[], saes=[])
         layers: list[CanvasLayer] = []
-        for layer in session.layers:
-            layers.append(CanvasLayer.from_session_layer(layer, session.width, session.height,
-                                                         canvas.next_color(layers)))
+        for layer in session.to_painting().layers:
+            layers.append(CanvasLayer.of(layer, canvas.next_color(layers)))
         state.settings, state.layers, state.active = settings, layers, 0 if layers else -1
         state.keep_outside = session.keep_outside
         state.base = self.engine.generate(settings)

@@ -16,7 +16,7 @@ from PIL import Image
 from .. import canvas
 from ..canvas import CanvasLayer
 from ..explore import FeatureMaps
-from ..painting import Concept, Layer, Painting
+from ..painting import Choice, Concept, Painting, quantize_mask
 from ..session import Session
 
 
@@ -30,8 +30,8 @@ class TabState:
     output: Image.Image | None = None  # the last good displayed image
     layers: list[CanvasLayer] = field(default_factory=list)
     active: int = -1
-    custom: list[dict] = field(default_factory=list)  # saved concepts: {"name", "block", "features"}
-    selected: dict | None = None  # the concept last picked: {"block", "concept", "label", "source"}
+    custom: list[Choice] = field(default_factory=list)  # the user's own concepts (edited factors)
+    selected: Choice | None = None  # the concept last picked (palette, inspector or the user's own)
     maps_key: str | None = None
     maps: FeatureMaps | None = None
     keep_outside: bool = True  # outside every painted area, keep the plain image's latents
@@ -53,14 +53,10 @@ class TabState:
 
 
 def painting(state: TabState, settings: Session) -> Painting:
-    """The tab's painting as the engine takes it: ``settings`` (of the tab) with its layers, masks as they are
-    (numpy, shared, not copied: the engine only reads them)."""
-    layers = [Layer(Concept.from_dict(layer.block, layer.concept), layer.mask, name=layer.name, mode=layer.mode,
-                    strength=float(layer.strength), step_range=layer.step_range, offset=tuple(layer.offset),
-                    enabled=layer.enabled, cond_only=bool(layer.extra.get("cond_only", False)))
-              for layer in state.layers]
+    """The tab's painting as the engine takes it: ``settings`` (of the tab) with its layers as they are (masks
+    shared, not copied: the engine only reads them)."""
     return Painting(settings.model, settings.prompt, settings.negative_prompt, settings.seed, settings.width,
-                    settings.height, settings.steps, settings.guidance, layers, state.keep_outside)
+                    settings.height, settings.steps, settings.guidance, list(state.layers), state.keep_outside)
 
 
 def new_tab_state() -> TabState:
@@ -76,12 +72,12 @@ def unique_name(name: str, taken: list[str]) -> str:
     return candidate
 
 
-def add_layer(state: TabState, block: str, concept: dict, *, label: str = "", width: int, height: int,
+def add_layer(state: TabState, concept: Concept, *, label: str = "", width: int, height: int,
               strength: float, step_range: tuple[int, int] | None, mask: np.ndarray | None = None,
               mode: str = "add") -> CanvasLayer:
     """Append a layer painting ``concept`` (named after ``label`` or the concept) and make it the active one."""
-    name = unique_name(label or canvas.describe_concept(block, concept), [layer.name for layer in state.layers])
-    layer = CanvasLayer(name=name, block=block, concept=concept, mode=mode, strength=strength,
+    name = unique_name(label or concept.describe(), [layer.name for layer in state.layers])
+    layer = CanvasLayer(concept=concept, name=name, mode=mode, strength=strength,
                         step_range=step_range, mask=mask if mask is not None else canvas.empty_mask(width, height),
                         color=canvas.next_color(state.layers))
     state.layers.append(layer)
@@ -121,7 +117,7 @@ def rename_layer(state: TabState, layer: CanvasLayer, name: str) -> None:
 def resize_layers(state: TabState, width: int, height: int) -> None:
     """Masks for a new image size (area-averaged down, bilinear up), offsets kept within it."""
     for layer in state.layers:
-        layer.mask = canvas.quantize(canvas.resize_mask(layer.mask, width, height))
+        layer.mask = quantize_mask(canvas.resize_mask(layer.mask, width, height))
         layer.offset = canvas.clamp_offset(layer.offset, width, height)
 
 

@@ -10,11 +10,12 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from .. import canvas, web_canvas
+from .. import web_canvas
 from ..canvas import CanvasLayer
 from ..engine import Engine
 from ..explore import ExploreCache
 from ..modes import MODES
+from ..painting import Concept
 from ..session import Session
 from . import state as tab
 from .outputs import CHANGED, EDITED, PANEL, SETTINGS, Notes, outputs
@@ -54,13 +55,13 @@ class Views:
         settings = self.settings_of(state)
         return settings.width, settings.height
 
-    def new_layer(self, state: TabState, block: str, concept: dict, label: str = "",
+    def new_layer(self, state: TabState, concept: Concept, label: str = "",
                   mask: np.ndarray | None = None, mode: str = "add") -> CanvasLayer:
         """A new active layer with the model's layer defaults (paint_app.json): its strength, and its step range
         where it fits the tab's steps."""
         width, height = self.size(state)
         step_range = tab.fitting_step_range(self.profile.layer_step_range, self.settings_of(state).steps)
-        return tab.add_layer(state, block, concept, label=label, width=width, height=height,
+        return tab.add_layer(state, concept, label=label, width=width, height=height,
                              strength=self.profile.layer_strength, step_range=step_range, mask=mask, mode=mode)
 
     def editor(self, state: TabState) -> dict:
@@ -81,7 +82,7 @@ class Views:
                     "enabled": True}
         start, end = layer.step_range or (None, None)
         how = MODES.get(layer.mode)  # the panel says what a mode that does not use the strength does instead
-        info = (f"**{layer.name}** — {canvas.describe_concept(layer.block, layer.concept)}; "
+        info = (f"**{layer.name}** — {layer.concept.describe()}; "
                 f"offset ({layer.offset[0]}, {layer.offset[1]}) px"
                 + ("; **nothing painted yet**" if layer.is_empty() else "")
                 + (f"; {how.summary}" if how is not None and not how.uses_strength else ""))
