@@ -27,6 +27,7 @@ from helpers import make_sae, save_sae  # noqa: E402
 from paint_app.concepts import ConceptLibrary  # noqa: E402
 from paint_app.engine import Engine  # noqa: E402
 from paint_app.models import load_model  # noqa: E402
+from paint_app.painting import Painting  # noqa: E402
 from paint_app.session import Session  # noqa: E402
 from sae.examples import save_top_examples  # noqa: E402
 from sae.pipelines import get_block  # noqa: E402
@@ -58,9 +59,9 @@ def build_engine(model_name: str, device: str, folder: Path, size: int, steps: i
     return Engine(model, ConceptLibrary.load(paths, model.profile, device=model.device)), pasted
 
 
-def sessions(model: str, size: int, steps: int, pasted: dict[str, int]) -> tuple[Session, ...]:
+def paintings(model: str, size: int, steps: int, pasted: dict[str, int]) -> tuple[Painting, ...]:
     """Plain; 4 ``add`` layers on 2 blocks; 4 mixed layers (add, set, erase, add) on 2 blocks; 4 ``replace``;
-    4 ``paste``."""
+    4 ``paste`` (written as session files, decoded once)."""
     base = {"version": 1, "model": model, "prompt": "a red circle on grass", "seed": 0, "width": size,
             "height": size, "steps": steps, "guidance": 0.0}
     half, quarter = size // 2, size // 4
@@ -77,16 +78,15 @@ def sessions(model: str, size: int, steps: int, pasted: dict[str, int]) -> tuple
                 {"mode": "replace", "feature": REPLACED_FEATURE} for layer in layers]
     pastes = [{key: value for key, value in layer.items() if key not in ("feature", "features")} |
               {"mode": "paste", "feature": pasted[layer["block"]]} for layer in layers]
-    return (Session.from_dict({**base, "layers": []}), Session.from_dict({**base, "layers": added}),
-            Session.from_dict({**base, "layers": layers}), Session.from_dict({**base, "layers": replaced}),
-            Session.from_dict({**base, "layers": pastes}))
+    return tuple(Session.from_dict({**base, "layers": chosen}).to_painting()
+                 for chosen in ([], added, layers, replaced, pastes))
 
 
-def timed(engine: Engine, session: Session) -> float:
+def timed(engine: Engine, painting: Painting) -> float:
     """Seconds for one generation with every step computed (``replay=False``: the step cache would otherwise
     replay a plain run whole, and a steered one up to its first edited step, which is not steering's cost)."""
     start = time.perf_counter()
-    engine.generate(session, replay=False)
+    engine.generate(painting, replay=False)
     return time.perf_counter() - start
 
 
@@ -103,16 +103,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         engine, pasted = build_engine(args.model, args.device, Path(tmp), args.size, args.steps)
-        plain, added, steered, replaced, pastes = sessions(args.model, args.size, args.steps, pasted)
+        plain, added, steered, replaced, pastes = paintings(args.model, args.size, args.steps, pasted)
         for _ in range(3):  # warm-up: caches, allocator, first-call overheads
-            for session in (plain, added, steered, replaced, pastes):
-                timed(engine, session)
+            for painting in (plain, added, steered, replaced, pastes):
+                timed(engine, painting)
         names = ("plain", "added", "steered", "replaced", "pasted", "paste_made", "uncached", "cached")
         times: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.repeats):  # interleaved, so drifts of the machine hit all sides alike
-            for name, session in (("plain", plain), ("added", added), ("steered", steered), ("replaced", replaced),
-                                  ("pasted", pastes)):
-                times[name].append(timed(engine, session))
+            for name, painting in (("plain", plain), ("added", added), ("steered", steered), ("replaced", replaced),
+                                   ("pasted", pastes)):
+                times[name].append(timed(engine, painting))
             engine._examples.clear()
             times["paste_made"].append(timed(engine, pastes))
             engine._prompt_cache.clear()

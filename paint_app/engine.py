@@ -110,7 +110,7 @@ class Engine:
         with self.lock:
             start = time.perf_counter()
             embeds, cached = self.prompt_embeddings(painting.prompt, painting.negative_prompt, cfg)
-            settings = painting.settings()
+            settings = painting.key()
             if not plan.edits:
                 plain = self._plain_run(painting, settings, embeds, replay)
                 if replay:  # kept for later keep_outside repaints; with replay=False the caller's hooks may be on

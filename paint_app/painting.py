@@ -7,7 +7,7 @@ Free of hooks, Gradio and file formats: the canvas, the palette, recipes and the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -132,8 +132,8 @@ class Layer:
 
 
 @dataclass
-class Painting:
-    """Generation settings and the layers painted over them: everything that decides the image."""
+class Settings:
+    """What decides the plain image: the model, the prompt, the seed, the size, the steps and the guidance."""
 
     model: str = "toy"
     prompt: str = ""
@@ -143,17 +143,27 @@ class Painting:
     height: int = 64
     steps: int = 20
     guidance: float = 0.0
-    layers: list[Layer] = field(default_factory=list)
-    keep_outside: bool = False  # outside every mask, follow the unpainted image (steering.keep_outside)
 
-    def settings(self) -> tuple:
-        """Everything but the layers: the key of the plain run of the same settings."""
+    def key(self) -> tuple:
+        """The settings as a tuple: the key of the plain run they make."""
         return (self.model, self.prompt, self.negative_prompt, self.seed, self.steps, self.guidance, self.width,
                 self.height)
 
+    def settings(self) -> dict[str, Any]:
+        """The settings alone, as keyword arguments (of ``Settings``, ``Painting`` or ``Session``)."""
+        return {item.name: getattr(self, item.name) for item in fields(Settings)}
+
+
+@dataclass
+class Painting(Settings):
+    """Generation settings and the layers painted over them: everything that decides the image."""
+
+    layers: list[Layer] = field(default_factory=list)
+    keep_outside: bool = False  # outside every mask, follow the unpainted image (steering.keep_outside)
+
     def fingerprint(self) -> str:
         """A digest of everything that decides the image (masks included), e.g. to key a cache by."""
-        digest = hashlib.sha1(repr((self.settings(), self.keep_outside)).encode())
+        digest = hashlib.sha1(repr((self.key(), self.keep_outside)).encode())
         for layer in self.layers:
             digest.update(repr((layer.concept, layer.mode, layer.strength, layer.step_range, layer.offset,
                                 layer.enabled, layer.cond_only, layer.mask.shape)).encode())
@@ -161,8 +171,7 @@ class Painting:
         return digest.hexdigest()
 
     def unpainted(self) -> Painting:
-        return Painting(self.model, self.prompt, self.negative_prompt, self.seed, self.width, self.height, self.steps,
-                        self.guidance, [], self.keep_outside)
+        return Painting(**self.settings(), keep_outside=self.keep_outside)
 
 
-__all__ = ["Choice", "Concept", "Layer", "Painting", "Recipe", "quantize_mask", "shift"]
+__all__ = ["Choice", "Concept", "Layer", "Painting", "Recipe", "Settings", "quantize_mask", "shift"]

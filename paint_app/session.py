@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import SessionError
 from .modes import NAMES as MODES
-from .painting import Concept, Painting, shift
+from .painting import Concept, Painting, Settings, shift
 from .painting import Layer as PaintedLayer
 
 VERSION = 1
@@ -187,15 +187,9 @@ class Layer:
 
 
 @dataclass
-class Session:
-    model: str = "toy"
-    prompt: str = ""
-    negative_prompt: str = ""
-    seed: int = 0
-    width: int = 64
-    height: int = 64
-    steps: int = 20
-    guidance: float = 0.0
+class Session(Settings):
+    """A painting as its file holds it: the settings, the layers with PNG (or rectangle) masks, the SAE paths."""
+
     layers: list[Layer] = field(default_factory=list)
     saes: list[str] = field(default_factory=list)
     keep_outside: bool = False  # outside every mask, follow the unpainted image (steering.keep_outside)
@@ -253,16 +247,14 @@ class Session:
 
     def to_painting(self) -> Painting:
         """The painting this session describes, masks decoded to numpy."""
-        return Painting(self.model, self.prompt, self.negative_prompt, self.seed, self.width, self.height, self.steps,
-                        self.guidance, [layer.to_painted(self.width, self.height) for layer in self.layers],
-                        self.keep_outside)
+        return Painting(**self.settings(), layers=[layer.to_painted(self.width, self.height) for layer in self.layers],
+                        keep_outside=self.keep_outside)
 
     @classmethod
     def of(cls, painting: Painting, saes: list[str] | None = None) -> Session:
         """A painting's JSON form (``saes``: the SAE paths that ``paint-app render`` should load)."""
-        return cls(painting.model, painting.prompt, painting.negative_prompt, painting.seed, painting.width,
-                   painting.height, painting.steps, painting.guidance, [Layer.of(layer) for layer in painting.layers],
-                   list(saes or []), painting.keep_outside)
+        return cls(**painting.settings(), layers=[Layer.of(layer) for layer in painting.layers], saes=list(saes or []),
+                   keep_outside=painting.keep_outside)
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a failed save leaves any earlier file whole."""

@@ -46,6 +46,21 @@ def tiny_engine(tiny_sae_paths):
 
 
 @pytest.fixture(scope="module")
+def toy(request):
+    """The embedded toy model on the CPU, one torch thread, offline."""
+    import torch
+
+    from paint_app.models import load_model
+
+    torch.set_num_threads(1)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("TRANSFORMERS_OFFLINE", "1")
+    request.addfinalizer(mp.undo)
+    return load_model("toy", device="cpu")
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread while a module runs: on a small, busy machine two threads spinning at every barrier
     can make a tiny generation a hundred times slower; one thread keeps it at a tenth of a second."""

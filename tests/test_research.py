@@ -10,18 +10,6 @@ from paint_app.toyworld import SAES_DIR
 from paint_app.toyworld.judges import Judges
 
 
-@pytest.fixture(scope="module")
-def toy(request):
-    torch.set_num_threads(1)
-    from paint_app.models import load_model
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    mp.setenv("TRANSFORMERS_OFFLINE", "1")
-    request.addfinalizer(mp.undo)
-    return load_model("toy", device="cpu")
-
-
 def test_research_is_apart_from_the_installed_package():
     import importlib.util
 

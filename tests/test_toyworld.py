@@ -108,18 +108,6 @@ def test_partial_captions_leave_objects_and_colours_out_at_the_given_rate():
 # The shipped model.
 
 
-@pytest.fixture(scope="module")
-def toy(request):
-    torch.set_num_threads(1)
-    from paint_app.models import load_model
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    mp.setenv("TRANSFORMERS_OFFLINE", "1")
-    request.addfinalizer(mp.undo)
-    return load_model("toy", device="cpu")
-
-
 def test_toy_loads_by_name_offline_in_fp32_with_its_profile(toy):
     defaults = json.loads((TOY_DIR / "paint_app.json").read_text())
     assert toy.dtype == torch.float32 and toy.device.type == "cpu"
@@ -358,14 +346,14 @@ def test_the_app_opens_on_the_toy_with_a_layer_that_paints(toy, tmp_path):
         app.start(state)
     layer = state.layers[0]
     factors = engine.concepts.blocks[layer.block].factors
-    assert "factor" in layer.concept and factors.labels[layer.concept["factor"]] == "blue" and layer.name == "blue"
+    assert layer.concept.factor is not None and factors.labels[layer.concept.factor] == "blue" and layer.name == "blue"
     session = app.default_settings()
     assert not session.layers
     before = np.asarray(engine.generate(session).convert("RGB"))
     judges = Judges.load()
     for rect in ([0, 0, 32, 32], [32, 32, 64, 64]):
         session.layers = [Layer(block=layer.block, mask=Mask(rects=[rect]), strength=layer.strength,
-                                step_range=layer.step_range, **layer.concept)]
+                                step_range=layer.step_range, factor=layer.concept.factor)]
         after = np.asarray(engine.generate(session).convert("RGB"))
         assert judges.colour(before, rect_mask(rect))[0] != "blue"
         assert judges.colour(after, rect_mask(rect))[0] == "blue", rect

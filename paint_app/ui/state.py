@@ -55,8 +55,7 @@ class TabState:
 def painting(state: TabState, settings: Session) -> Painting:
     """The tab's painting as the engine takes it: ``settings`` (of the tab) with its layers as they are (masks
     shared, not copied: the engine only reads them)."""
-    return Painting(settings.model, settings.prompt, settings.negative_prompt, settings.seed, settings.width,
-                    settings.height, settings.steps, settings.guidance, list(state.layers), state.keep_outside)
+    return Painting(**settings.settings(), layers=list(state.layers), keep_outside=state.keep_outside)
 
 
 def new_tab_state() -> TabState:
