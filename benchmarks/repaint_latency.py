@@ -3,8 +3,8 @@
 Serves the painting app on 127.0.0.1 (toy model by default), drives headless chromium with Playwright, paints
 ``--strokes`` strokes with real mouse events, and times each one inside the page: ``pointerup`` on the canvas to
 the new output image decoded. The server side records, per stroke, the time in the handler and in the pipeline
-call, so the total splits into generation, the rest of the server (mask decode, session, PNG encode) and the
-browser plus transport (canvas export, uploads, queue, image download). Prints median, p90 and the shares.
+call, so the total splits into generation, the rest of the server (mask decode, layer update) and the browser plus
+transport (canvas read-out, event, queue, image download). Prints median, p90 and the shares.
 
     python benchmarks/repaint_latency.py [--model toy] [--strokes 30] [--threads N] [--sae PATH ...]
 """
@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generation (pipeline call with edits): median {1000 * statistics.median(generation):.0f} ms; "
           f"{100 * gen_total / total:.0f}% of all latency; UNet calls replayed from the plain image (steps no layer "
           f"touches): {replayed / max(1, len(generation)):.1f} per repaint of {settings.steps}")
-    print(f"rest of the server handler (masks, session file, PNG): {100 * server_rest / total:.0f}%")
-    print(f"browser + transport + queue (mask PNG, event, queue, image download): {100 * browser_rest / total:.0f}%")
+    print(f"rest of the server handler (mask bytes decoded, layer updated): {100 * server_rest / total:.0f}%")
+    print(f"browser + transport + queue (mask bytes, event, queue, image download): {100 * browser_rest / total:.0f}%")
     print(f"plain generation without edits, same settings, every step computed, median of 5: "
           f"{1000 * statistics.median(plain):.0f} ms")
     return 0
