@@ -161,13 +161,6 @@ class Layer:
                    strength=float(layer.strength), step_range=layer.step_range, offset=tuple(layer.offset),
                    enabled=layer.enabled, cond_only=layer.cond_only)
 
-    def concept(self) -> str:
-        if self.feature is not None:
-            return f"feature {self.feature}"
-        if self.factor is not None:
-            return f"factor {self.factor}"
-        return "mix of " + ", ".join(f"{f}:{w:g}" for f, w in (self.features or {}).items())
-
     def to_dict(self) -> dict:
         data: dict[str, Any] = {"name": self.name, "block": self.block}
         if self.feature is not None:
