@@ -21,7 +21,7 @@ from sae.exemplars import Example, pasteable_record, record_example
 from .concepts import ConceptLibrary
 from .errors import ModelError, PaintError
 from .models import LoadedModel, load_model
-from .painting import Painting, quantize_mask
+from .painting import Painting
 from .session import Session, as_painting
 from .steering import Edit, Plan, apply_plan, keep_outside, painted_cover, paste_outside
 from .step_cache import StepCache
@@ -72,7 +72,7 @@ class Engine:
             if not layer.enabled:
                 continue
             features, weights = self.concepts.resolve(layer.concept, where)
-            mask = torch.from_numpy(quantize_mask(layer.shown_mask()))
+            mask = torch.from_numpy(layer.acting_mask())
             if not bool(mask.any()):
                 continue
             edits.append(Edit(block=layer.block, features=features, weights=weights, mask=mask,

@@ -71,7 +71,7 @@ class Recipe:
     mode: str
     strength: float
     step_range: tuple[int, int] | None
-    score: float  # the share of its trials judged to show the concept
+    score: float | None = None  # the share of its trials judged to show the concept; None: not measured
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,12 @@ class Layer:
     offset: tuple[int, int] = (0, 0)  # (dx, dy) pixels the painted region was moved by
     enabled: bool = True
     cond_only: bool = False  # with classifier-free guidance, act on the conditional half only
+    amount: float = 1.0  # how much of the layer acts, 0..1: its mask is scaled by this
+
+    def acting_mask(self) -> np.ndarray:
+        """The mask as the edit uses it: moved by the offset, scaled by the amount, on the session's 256 levels."""
+        mask = self.shown_mask()
+        return quantize_mask(mask if self.amount == 1.0 else mask * np.float32(self.amount))
 
     @property
     def block(self) -> str:
@@ -166,7 +172,7 @@ class Painting(Settings):
         digest = hashlib.sha1(repr((self.key(), self.keep_outside)).encode())
         for layer in self.layers:
             digest.update(repr((layer.concept, layer.mode, layer.strength, layer.step_range, layer.offset,
-                                layer.enabled, layer.cond_only, layer.mask.shape)).encode())
+                                layer.enabled, layer.cond_only, layer.amount, layer.mask.shape)).encode())
             digest.update(np.ascontiguousarray(layer.mask, np.float32).tobytes())
         return digest.hexdigest()
 

@@ -135,6 +135,7 @@ class Layer:
     offset: tuple[int, int] = (0, 0)
     enabled: bool = True
     cond_only: bool = False
+    amount: float = 1.0
 
     def mask_array(self, width: int, height: int) -> np.ndarray:
         return self.mask.to_array(width, height, self.offset)
@@ -150,7 +151,7 @@ class Layer:
         """The layer in memory: its mask decoded (unshifted) at the session's size."""
         return PaintedLayer(self.to_concept(), self.mask.to_array(width, height), name=self.name, mode=self.mode,
                             strength=self.strength, step_range=self.step_range, offset=tuple(self.offset),
-                            enabled=self.enabled, cond_only=self.cond_only)
+                            enabled=self.enabled, cond_only=self.cond_only, amount=self.amount)
 
     @classmethod
     def of(cls, layer: PaintedLayer) -> Layer:
@@ -159,7 +160,7 @@ class Layer:
         return cls(block=concept.block, mask=Mask(png=encode_png_mask(layer.mask)), name=layer.name,
                    feature=concept.feature, factor=concept.factor, features=concept.weights, mode=layer.mode,
                    strength=float(layer.strength), step_range=layer.step_range, offset=tuple(layer.offset),
-                   enabled=layer.enabled, cond_only=layer.cond_only)
+                   enabled=layer.enabled, cond_only=layer.cond_only, amount=float(layer.amount))
 
     def to_dict(self) -> dict:
         data: dict[str, Any] = {"name": self.name, "block": self.block}
@@ -176,6 +177,8 @@ class Layer:
             data["enabled"] = False
         if self.cond_only:
             data["cond_only"] = True
+        if self.amount != 1.0:
+            data["amount"] = self.amount
         return data
 
 
@@ -304,6 +307,7 @@ def _parse_layer(data: Any, where: str, session: Session) -> Layer:
     layer.offset = _parse_offset(data.get("offset", [0, 0]), f"{where}offset", session)
     layer.enabled = _bool(data, "enabled", where, True)
     layer.cond_only = _bool(data, "cond_only", where, False)
+    layer.amount = _number(data, "amount", where, 0.0, 1.0, 1.0)
     return layer
 
 

@@ -66,6 +66,16 @@ def test_layers_with_empty_masks_or_disabled_change_nothing(engine):
     assert engine.plan(disabled).edits == []
 
 
+def test_a_layers_amount_scales_its_mask(engine):
+    """Amount 0 paints nothing; a half amount is the mask at half strength, on the session's 256 levels."""
+    plain = pixels(engine.generate(session()))
+    assert np.array_equal(pixels(engine.generate(session(layers=[layer(amount=0.0)]))), plain)
+    half, full = (engine.generate(session(layers=[layer(amount=a)])) for a in (0.5, 1.0))
+    assert not np.array_equal(pixels(half), plain) and not np.array_equal(pixels(half), pixels(full))
+    edit = engine.plan(session(layers=[layer(amount=0.5)])).edits[0]
+    assert float(edit.mask.max()) == pytest.approx(128 / 255)
+
+
 def test_same_session_twice_gives_identical_bytes(engine):
     painted = session(layers=[layer(1), layer(2, "mid_block.attentions.0", (16, 16, 48, 48), mode="set")])
     first, second = engine.generate(painted).tobytes(), engine.generate(painted).tobytes()

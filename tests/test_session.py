@@ -39,6 +39,15 @@ def test_round_trip(tmp_path):
     assert again.layers[0].offset == (3, -2) and again.layers[0].step_range == (0, 4)
 
 
+def test_a_layers_amount_round_trips_and_is_left_out_at_full():
+    data = valid()
+    data["layers"][0]["amount"] = 0.25
+    session = Session.from_dict(data)
+    assert session.layers[0].amount == 0.25 and session.to_dict()["layers"][0]["amount"] == 0.25
+    assert "amount" not in session.to_dict()["layers"][1]
+    assert session.to_painting().layers[0].amount == 0.25
+
+
 @pytest.mark.parametrize("mode", ["replace", "paste"])
 def test_overwriting_modes_round_trip(tmp_path, mode):
     data = valid()
@@ -87,6 +96,7 @@ def set_path(data: dict, path: str, value) -> dict:
 
 DELETE = object()
 BAD = [
+    ("layers.0.amount", 1.5, r"layers\[0\]\.amount is 1\.5; allowed: a finite number from 0 to 1"),
     ("version", 2, "version"),
     ("version", None, "version"),
     ("model", "", "model"),

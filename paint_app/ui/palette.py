@@ -158,8 +158,10 @@ class PaletteHandlers(Views):
         step_range = tab.fitting_step_range(recipe.step_range, self.settings_of(state).steps)
         layer.mode, layer.strength, layer.step_range = recipe.mode, recipe.strength, step_range
         shown = "every step" if step_range is None else f"steps {step_range[0]}-{step_range[1]}"
-        notes.info(f"Its recipe: {recipe.mode} {layer.concept.describe()} at strength {recipe.strength:g}, {shown} "
-                   f"(judged right in {recipe.score:.0%} of its trials, the rest of the image kept).")
+        measured = ("" if recipe.score is None else
+                    f" (judged right in {recipe.score:.0%} of its trials, the rest of the image kept)")
+        notes.info(f"Its recipe: {recipe.mode} {layer.concept.describe()} at strength {recipe.strength:g}, {shown}"
+                   f"{measured}.")
 
     @outputs("preview", "examples", "palette_info", "status")
     def preview(self, state: TabState) -> dict:
