@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +24,18 @@ from .modes import MODES, RANKS
 from .painting import Choice, Concept, Recipe
 
 _BLOCK_IN_NAME = re.compile(r"((?:down_blocks|up_blocks)\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+)")
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One concept of the palette, as a person asks for it: its name and the edit a pick of it paints."""
+
+    name: str  # what a person asks for: a label's words ("red", "striped") or their own concept's name
+    choice: Choice  # what a pick paints: the concept, label=name, and its recipe (mode, strength, steps, score)
+    measured: bool  # True: the edit is a measured recipe; False: the best-ranked feature for the label, at defaults
+    note: str  # one short line the tile shows, e.g. "100% of 8 trials" or "not measured: best feature for 'dog'"
+    paintable: bool = True
+    why_not: str = ""  # when not paintable: what is missing, in a few words
 
 
 @dataclass
@@ -58,6 +71,7 @@ class ConceptLibrary:
 
     def __init__(self, blocks: dict[str, BlockConcepts] | None = None) -> None:
         self.blocks: dict[str, BlockConcepts] = dict(blocks or {})
+        self._tiles: dict[tuple, list[Tile]] = {}  # the library's own tiles, per layer defaults and contents
 
     @property
     def saes(self) -> dict[str, SAE]:
@@ -167,6 +181,116 @@ class ConceptLibrary:
         recipe = Recipe(edit.mode, edit.strength, tuple(edit.step_range) if edit.step_range else None, edit.score)
         return Choice(concept, name, recipe)
 
+    def tiles(self, search: str = "", custom: Sequence[Choice] = (), profile: ModelProfile | None = None) -> list[Tile]:
+        """The palette's concepts as tiles: every distinct name among the recipes' concepts, the feature labels
+        and the factor labels (any block; case-insensitive), and the user's own ``custom`` choices.
+
+        A name's tile paints its best measured recipe across blocks (``best_recipe``); where no block has one,
+        the best-ranked feature labelled with it (``feature_rows``' ``write`` ranking; else the best factor
+        labelled with it) as an ``add`` at the model's layer defaults (``profile``), marked not measured.
+
+        ``search``: the tiles whose name holds every word; an exact name first, then measured before not
+        measured, then by score. Without it, every tile: measured first, by score, then by name. The library's
+        own tiles are built once per layer defaults (and again when its blocks change), so a search costs a
+        filter and a sort. The user's own come first among tiles of equal rank."""
+        strength, step_range = layer_defaults(profile)
+        key = (strength, step_range, tuple((name, id(e), id(e.labels), len(e.labels), id(e.factors), id(e.recipes))
+                                           for name, e in self.blocks.items()))
+        if key not in self._tiles:
+            self._tiles = {key: self._build_tiles(strength, step_range)}  # one set of defaults at a time
+        found = [self._custom_tile(choice, strength, step_range) for choice in custom] + self._tiles[key]
+        words = [w for w in search.lower().split() if w]
+        if not words:  # the library's tiles are in this order already; the user's own go first among equals
+            return sorted(found, key=lambda t: (not t.measured, -tile_score(t))) if custom else list(found)
+        exact = " ".join(words)
+        hits = [(i, t) for i, t in enumerate(found) if all(w in t.name.lower() for w in words)]
+        hits.sort(key=lambda it: (it[1].name.lower() != exact, not it[1].measured, -(tile_score(it[1])), it[0]))
+        return [t for _, t in hits]
+
+    def _build_tiles(self, strength: float, step_range: tuple[int, int] | None) -> list[Tile]:
+        names: dict[str, str] = {}  # lower-case -> the first spelling seen
+        for _, entry in sorted(self.blocks.items()):
+            for concept in (entry.recipes.edits if entry.recipes is not None else {}):
+                names.setdefault(concept.strip().lower(), concept.strip())
+        for _, entry in sorted(self.blocks.items()):
+            for feature in sorted(entry.labels):
+                text = entry.labels[feature].label.strip()
+                if text:
+                    names.setdefault(text.lower(), text)
+        for _, entry in sorted(self.blocks.items()):
+            for text in (entry.factors.labels if entry.factors is not None else []):
+                if text.strip():
+                    names.setdefault(text.strip().lower(), text.strip())
+        by_label: dict[str, list[dict]] = {}
+        for row in sorted(self.feature_rows(), key=paint_rank):  # stable: by block, then feature, within a rank
+            if row["label"].strip():
+                by_label.setdefault(row["label"].strip().lower(), []).append(row)
+        tiles = []
+        for key, name in names.items():
+            tiles.append(self._measured_tile(key, name) or self._feature_tile(name, by_label.get(key), strength,
+                                                                               step_range)
+                         or self._factor_tile(key, name, strength, step_range)
+                         or Tile(name, Choice(self._any_concept(), name, None), False,
+                                 "cannot be painted on this model", False, "no recipe or feature"))
+        return sorted(tiles, key=lambda t: (not t.measured, -tile_score(t), t.name.lower()))
+
+    def _measured_tile(self, key: str, name: str) -> Tile | None:
+        found = best_recipe(self, key)
+        if found is None:
+            return None
+        block, edit, trials = found
+        concept = Concept(block, feature=edit.feature) if edit.feature is not None else Concept(block, factor=edit.factor)
+        recipe = Recipe(edit.mode, edit.strength, tuple(edit.step_range) if edit.step_range else None, edit.score)
+        note = f"{100 * edit.score:.0f}% of {trials} trials" if trials else f"{100 * edit.score:.0f}% in trials"
+        return Tile(name, Choice(concept, name, recipe), True, note)
+
+    @staticmethod
+    def _feature_tile(name: str, rows: list[dict] | None, strength: float,
+                      step_range: tuple[int, int] | None) -> Tile | None:
+        if not rows:
+            return None
+        best = rows[0]
+        choice = Choice(Concept(best["block"], feature=best["feature"]), name, Recipe("add", strength, step_range))
+        return Tile(name, choice, False, f"not measured: best feature for '{name}'")
+
+    def _factor_tile(self, key: str, name: str, strength: float, step_range: tuple[int, int] | None) -> Tile | None:
+        candidates = [(block, i) for block, entry in sorted(self.blocks.items()) if entry.factors is not None
+                      for i, text in enumerate(entry.factors.labels) if text.strip().lower() == key]
+        if not candidates:
+            return None
+
+        def quality(candidate: tuple[str, int]) -> float:  # how well its features read their labels, by weight
+            entry = self.blocks[candidate[0]]
+            top = entry.factors.features_of(candidate[1])
+            return sum(w * (entry.labels[f].score if f in entry.labels else 0.0) for f, w in top.items()) \
+                / max(1e-6, sum(top.values()))
+
+        block, factor = max(candidates, key=lambda c: (quality(c), [-ord(ch) for ch in c[0]], -c[1]))
+        choice = Choice(Concept(block, factor=factor), name, Recipe("add", strength, step_range))
+        return Tile(name, choice, False, f"not measured: factor labelled '{name}'")
+
+    def _any_concept(self) -> Concept:
+        block = min(self.blocks) if self.blocks else "-"
+        return Concept(block, feature=0)
+
+    def _custom_tile(self, choice: Choice, strength: float, step_range: tuple[int, int] | None) -> Tile:
+        name = choice.label.strip() or choice.concept.describe()
+        recipe = choice.recipe or Recipe("add", strength, step_range)
+        chosen = replace(choice, label=name, recipe=recipe, source="mine")
+        measured = recipe.score is not None
+        note = f"yours: {100 * recipe.score:.0f}% in trials" if measured else "yours: not measured"
+        try:
+            self.resolve(choice.concept, "concept")
+        except ModelError:
+            return Tile(name, chosen, measured, note, False, f"no SAE for block {choice.concept.block}"
+                        if choice.concept.block not in self.blocks else "its features are not in this SAE")
+        mode = MODES.get(recipe.mode)
+        features = self.weights(choice.concept)
+        if mode is None or not any(mode.can_paint(self.blocks[choice.concept.block], f) for f in features):
+            return Tile(name, chosen, measured, note, False, (mode.lacks() if mode else "") or
+                        f"mode {recipe.mode!r} cannot paint it")
+        return Tile(name, chosen, measured, note)
+
     def feature_rows(self, block: str | None = None, search: str | None = None, rank: str = "write") -> list[dict]:
         """One row per feature (block, feature, label, score, write, source, frequency, sigma, and for each mode
         that needs something of a concept (``replace``, ``paste``, ``fill``): whether the feature has it, under the
@@ -243,6 +367,73 @@ class ConceptLibrary:
         return rows
 
 
+def layer_defaults(profile: ModelProfile | None) -> tuple[float, tuple[int, int] | None]:
+    """The strength and step range a new layer starts with on the model (its ``layer_defaults``), the step range
+    fitted to its steps (None where nothing of it is left)."""
+    if profile is None:
+        return ModelProfile.layer_strength, None
+    return profile.layer_strength, fit_steps(profile.layer_step_range, profile.steps)
+
+
+def fit_steps(step_range: tuple[int, int] | None, steps: int) -> tuple[int, int] | None:
+    if step_range is None:
+        return None
+    start, end = int(step_range[0]), min(int(step_range[1]), steps)
+    return (start, end) if 0 <= start < end else None
+
+
+def best_recipe(library: ConceptLibrary, key: str):
+    """(block, edit, trials) of the concept's best measured recipe across blocks, or None where no block has one
+    that it can paint (``key``: the concept's name, lower case).
+
+    On each block its first edit (``recipes.json``, best first) that the block can paint. Across blocks: the
+    highest score; on a tie, the block whose other edits for the concept score higher (compared best first: the
+    runner-up, then the next...) — the best of many 8-trial scores is partly luck, and more edits that paint the
+    concept on the same block are independent evidence that the block carries it; then the cheaper edit (add,
+    replace, paste, fill; a feature before a factor, as within a block); then the block's name."""
+    candidates = []
+    for block, entry in sorted(library.blocks.items()):
+        if entry.recipes is None:
+            continue
+        tried = next((edits for concept, edits in entry.recipes.edits.items() if concept.strip().lower() == key), None)
+        for i, edit in enumerate(tried or []):
+            features = [edit.feature] if edit.feature is not None else \
+                (list(entry.factors.features_of(edit.factor)) if entry.factors is not None
+                 and 0 <= edit.factor < entry.factors.n_factors else [])
+            if edit.mode in MODES and any(entry.can_paint(f, edit.mode) for f in features):
+                rest = tuple(-e.score for j, e in enumerate(tried) if j != i)
+                candidates.append(((-edit.score, rest, _mode_rank(edit.mode), edit.feature is None, block),
+                                   block, edit, entry.recipes.trials))
+                break
+    if not candidates:
+        return None
+    _, block, edit, trials = min(candidates, key=lambda c: c[0])
+    return block, edit, trials
+
+
+def _mode_rank(mode: str) -> int:
+    order = ("add", "replace", "paste", "fill")  # cheapest first, as recipes order their ties
+    return order.index(mode) if mode in order else len(order)
+
+
+def tile_score(tile: Tile) -> float:
+    """A tile's measured score (0 where not measured), to order tiles."""
+    return tile.choice.recipe.score if tile.choice.recipe is not None and tile.choice.recipe.score is not None \
+        else 0.0
+
+
+def tile_row(tile: Tile) -> dict:
+    """A tile as a flat row (``paint-app features --search``): the name and the edit a pick applies."""
+    concept, recipe = tile.choice.concept, tile.choice.recipe
+    return {"name": tile.name, "block": concept.block, "mode": recipe.mode if recipe else None,
+            "feature": concept.feature, "factor": concept.factor,
+            "features": None if concept.mix is None else {str(f): w for f, w in concept.mix},
+            "strength": recipe.strength if recipe else None,
+            "step_range": list(recipe.step_range) if recipe and recipe.step_range else None,
+            "score": recipe.score if recipe else None, "measured": tile.measured, "note": tile.note,
+            "paintable": tile.paintable, "why_not": tile.why_not, "source": tile.choice.source}
+
+
 def paint_rank(row: dict) -> tuple[int, float]:
     """Sort key of a feature row, best painter first: rows with a write score (by it), then the rest by score."""
     return (0, -row["write"]) if row["write"] is not None else (1, -row["score"])
@@ -270,4 +461,4 @@ def _block_from_name(text: str) -> str:
     return found[-1] if found else ""
 
 
-__all__ = ["BlockConcepts", "ConceptLibrary", "PaintError"]
+__all__ = ["BlockConcepts", "ConceptLibrary", "PaintError", "Tile", "best_recipe", "layer_defaults", "tile_row"]
