@@ -37,11 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-outside", action="store_true",
                         help="sessions keep the image outside the mask on the unpainted run's latents (the app's "
                              "'keep the rest' option); leakage then measures what still gets through")
-    parser.add_argument("--mode", choices=("add", "set", "replace", "paste", "recipe"), default="add",
+    parser.add_argument("--mode", choices=("add", "set", "replace", "paste", "recipe", "tile"), default="add",
                         help="how the feature and factor are painted (replace needs the SAEs' prototypes, paste "
                              "their top examples with seeds); recipe: each concept painted with its recipe, the "
                              "edit its SAE's recipes.json measured best (its own mode, strength and steps; "
-                             "--strength, --step-range and --feature-by then unused)")
+                             "--strength, --step-range and --feature-by then unused); tile: the default user "
+                             "path, each word's first palette tile painted with the edit a pick of it sets (its "
+                             "block, mode, strength and steps; one result per concept; --blocks, --strength, "
+                             "--step-range and --feature-by unused)")
     parser.add_argument("--feature-by", choices=("write", "read", "replace", "paste"),
                         help="a concept's best feature: the labelled feature that best writes it (its write score; "
                              "the default in add and set modes), best reads it (its label score), or best paints it "
@@ -56,15 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from paint_app.toyworld.bench import Result, summary, summary_table, table
+    from paint_app.toyworld.bench import Result, summary, summary_table, table, tile_table
 
     if args.from_json:
         data = json.loads(args.from_json.read_text())
         header, results = data["header"], [Result(**r) for r in data["results"]]
     else:
         header, results = run(args)
-    rows = summary(results)
-    text = f"{header}\n\n{table(results)}\n\nSummary (mean over concepts; success = the concept judged inside the " \
+    tiles = ", mode tile," in header
+    rows = summary(results, by_block=not tiles)
+    text = f"{header}\n\n{tile_table(results) if tiles else table(results)}\n\nSummary (mean over concepts; success = the concept judged inside the " \
            f"mask):\n\n{summary_table(rows)}\n"
     print("\n" + text)
     if args.json and not args.from_json:
@@ -112,10 +116,10 @@ def run(args: argparse.Namespace):
     step_range = profile.layer_step_range if args.step_range is None else tuple(args.step_range)
     step_range = step_range if step_range and step_range[1] > 0 else None
     args.feature_by = args.feature_by or {"replace": "replace", "paste": "paste"}.get(args.mode, "write")
-    if args.mode == "recipe":
+    if args.mode in ("recipe", "tile"):
         args.feature_by = "write"  # unused
         missing = [block for block in args.blocks or concepts.blocks if concepts.blocks[block].recipes is None]
-        if missing:
+        if missing and args.mode == "recipe":
             print(f"paintbench: error: --mode recipe: no recipes.json for {', '.join(missing)}; make them with "
                   "`python -m paint_app.toyworld.saes --recipes-only`", file=sys.stderr)
             raise SystemExit(2)
@@ -123,7 +127,12 @@ def run(args: argparse.Namespace):
                   args.feature_by, args.mode)
     start = time.perf_counter()
     results = []
-    for block in args.blocks or sorted(concepts.blocks):
+    for concept in args.concepts or concepts_to_paint() if args.mode == "tile" else []:
+        results.append(bench.run_tile(concept))
+        r = results[-1]
+        print(f"{concept}: {r.block} {r.edit}: success {r.success_feature:.2f} base {r.base_rate:.2f} "
+              f"leakage {r.leakage_feature:.3f} removal {r.removal}", flush=True)
+    for block in [] if args.mode == "tile" else args.blocks or sorted(concepts.blocks):
         for concept in args.concepts or concepts_to_paint():
             results.append(bench.run_concept(block, concept))
             r = results[-1]
@@ -131,6 +140,7 @@ def run(args: argparse.Namespace):
                   f"base {r.base_rate:.2f} leakage {r.leakage_feature:.3f} removal {r.removal}", flush=True)
     seconds = time.perf_counter() - start
     painted = "each concept's recipe" if args.mode == "recipe" else \
+        "each word's first tile (ConceptLibrary.tiles), with the edit a pick of it sets" if args.mode == "tile" else \
         f"strength {strength}, step range {list(step_range) if step_range else 'all'}"
     header = (f"PaintBench (toy), model {args.model}, K={args.k} scenes per concept, {painted}"
               f"{', outside kept' if args.keep_outside else ''}"

@@ -1,4 +1,4 @@
-"""``paint-app``: serve the painting app (default), render a session file, list features."""
+"""``paint-app``: serve the painting app (default), render a session file, list the concepts a model paints."""
 
 from __future__ import annotations
 
@@ -45,19 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: as the session file says)")
     _add_model_args(render, model_default=None)
 
-    features = sub.add_parser("features", help="list the features (and factors) a model can be painted with")
+    features = sub.add_parser("features", help="list the concepts a model can be painted with, as the palette's "
+                                               "tiles (or its raw features, factors or recipes)")
     _add_model_args(features)
-    features.add_argument("--block", help="only this block")
-    features.add_argument("--search", help="only features whose label holds all these words")
+    features.add_argument("--block", help="only this block (tiles: as if only its SAE were loaded)")
+    features.add_argument("--search", help="only concepts (or features, factors, recipes) whose name or label holds "
+                                           "all these words")
     listed = features.add_mutually_exclusive_group()
-    listed.add_argument("--factors", action="store_true", help="list factors instead of features")
+    listed.add_argument("--features", action="store_true",
+                        help="list the raw features instead of the palette's concept tiles")
+    listed.add_argument("--factors", action="store_true", help="list the raw factors instead of the concept tiles")
     listed.add_argument("--recipes", action="store_true",
                         help="list each concept's recipe instead: the edit (mode, feature or factor, strength, "
                              "steps) measured to paint it best on each block, with the share of trials that worked")
-    features.add_argument("--rank", choices=RANKS, default="write",
-                          help="order of search results: best painters for add/set layers (write score), or for "
-                               "the layers of a mode that needs something of a concept (replace: a prototype; paste "
-                               "and fill: an example), those that have it first, by that mode's measured score")
+    features.add_argument("--rank", choices=RANKS,
+                          help="with --features, the order of search results: best painters for add/set layers "
+                               "(write score, the default), or for the layers of a mode that needs something of a "
+                               "concept (replace: a prototype; paste and fill: an example), those that have it "
+                               "first, by that mode's measured score")
     features.add_argument("--json", action="store_true", help="one JSON object per line")
     features.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
     return parser
@@ -129,9 +134,13 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from .concepts import ConceptLibrary
+    """The palette's concept tiles (the default: what a pick of each paints), or raw features, factors, recipes."""
+    from .concepts import ConceptLibrary, tile_row
     from .models import PROFILES, load_model
 
+    if args.rank is not None and not args.features:
+        raise PaintError(f"--rank is {args.rank!r}; allowed only with --features (it orders feature rows; the "
+                         "concept tiles come by name match, measured first, then score)")
     profile = PROFILES.get(args.model) or load_model(args.model, device="cpu").profile
     concepts = ConceptLibrary.load(args.sae, profile, device="cpu")
     if not concepts.blocks:
@@ -139,15 +148,18 @@ def _features(args: argparse.Namespace) -> int:
     if args.block is not None:
         concepts.get(args.block, "--block")
     if args.recipes:
-        rows, kind = concepts.recipe_rows(args.block, args.search), "recipe"
+        rows, kind = concepts.recipe_rows(args.block, args.search), "recipe label"
     elif args.factors:
-        rows, kind = concepts.factor_rows(args.block, args.search), "factor"
+        rows, kind = concepts.factor_rows(args.block, args.search), "factor label"
+    elif args.features:
+        rows, kind = concepts.feature_rows(args.block, args.search, args.rank or "write"), "feature label"
     else:
-        rows, kind = concepts.feature_rows(args.block, args.search, args.rank), "feature"
+        library = concepts if args.block is None else ConceptLibrary({args.block: concepts.blocks[args.block]})
+        rows, kind = [tile_row(t) for t in library.tiles(args.search or "", profile=profile)], "concept name"
     if args.limit > 0:
         rows = rows[: args.limit]
     if not rows and args.search:
-        print(f"paint-app: no {kind} label matches {args.search!r}", file=sys.stderr)
+        print(f"paint-app: no {kind} matches {args.search!r}", file=sys.stderr)
     for row in rows:
         if args.json:
             print(json.dumps(row))
@@ -157,10 +169,21 @@ def _features(args: argparse.Namespace) -> int:
                   f"{100 * row['score']:.0f}% of trials ({row['tried']} edit{'s' if row['tried'] != 1 else ''} tried)")
         elif args.factors:
             print(f"{row['block']}\tfactor {row['factor']}\t{row['label']}")
-        else:
+        elif args.features:
             print(f"{row['block']}\t{row['feature']}\t{row['frequency']:.4f}\t{row['label']}")
+        else:
+            print(tile_line(row))
     return 0
 
+
+def tile_line(row: dict) -> str:
+    """A concept tile's row as text: name, block, the edit a pick applies, and the tile's note."""
+    what = f"feature {row['feature']}" if row["feature"] is not None else \
+        f"factor {row['factor']}" if row["factor"] is not None else f"mix of {len(row['features'] or {})} features"
+    steps = "every step" if row["step_range"] is None else f"steps {row['step_range']}"
+    edit = f"{row['mode']} {what} (strength {row['strength']:g}, {steps})"
+    note = row["note"] if row["paintable"] else f"{row['note']}; cannot be painted: {row['why_not']}"
+    return f"{row['name']}\t{row['block']}\t{edit}\t{note}"
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -79,15 +79,22 @@ def test_render_error_from_a_real_process(tmp_path):
 
 
 def test_features_json_lines_and_search(sae_path, capsys):
-    assert paint_app_main(["features", "--model", "tiny-random-sd", "--sae", str(sae_path), "--json"]) == 0
+    assert paint_app_main(["features", "--model", "tiny-random-sd", "--sae", str(sae_path), "--features",
+                           "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 64
     assert {"block", "feature", "label", "frequency", "replace"} <= set(rows[0])
     assert not any(row["replace"] for row in rows)  # no prototypes beside these SAEs
+    assert paint_app_main(["features", "--model", "tiny-random-sd", "--sae", str(sae_path), "--features",
+                           "--search", "red", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["feature"], r["label"]) for r in rows] == [(0, "red thing")]
+    # the default: the palette's concept tiles, each with the edit a pick applies
     assert paint_app_main(["features", "--model", "tiny-random-sd", "--sae", str(sae_path), "--search", "red",
                            "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["feature"], r["label"]) for r in rows] == [(0, "red thing")]
+    assert [(r["name"], r["block"], r["mode"], r["feature"], r["strength"], r["step_range"], r["score"],
+             r["measured"]) for r in rows] == [("red thing", BLOCK, "add", 0, 4.0, None, None, False)]
     assert paint_app_main(["features", "--model", "tiny-random-sd", "--sae", str(sae_path), "--block",
                            "mid_block.attentions.0"]) == 2
     assert "no SAE is loaded" in capsys.readouterr().err

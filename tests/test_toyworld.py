@@ -389,7 +389,8 @@ def test_shipped_labels_hold_replace_and_paste_scores_and_the_cli_ranks_by_them(
         pasted = {f: label for f, label in entry.labels.items() if label.paste is not None}
         assert pasted and all(0 <= label.paste <= 1 and CONCEPT_KIND[label.label] in PAINTED_KINDS
                               and entry.pasteable(f) for f, label in pasted.items())
-    assert paint_app_main(["features", "--model", "toy", "--search", "red", "--rank", "replace", "--json"]) == 0
+    assert paint_app_main(["features", "--model", "toy", "--features", "--search", "red", "--rank", "replace",
+                           "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     best = max(row["replace_score"] or 0 for row in rows)
     assert rows[0]["replace"] and rows[0]["replace_score"] == best and best >= 0.75

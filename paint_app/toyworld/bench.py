@@ -28,6 +28,9 @@ and the later blocks of its level overwritten with the concept's prototype; ``sa
 ``erase``, or in ``replace`` and ``paste`` modes the scene's background painted over the object that way.
 In ``recipe`` mode each concept is painted with its recipe, the edit ``recipe_trials`` measured best for it
 (any mode, ``fill`` included; its own strength and steps; ``sae.recipes``), and erasing is ``replace``'s.
+In ``tile`` mode each concept is painted as a new user paints it: the first tile the palette shows for its word
+(``ConceptLibrary.tiles``) with the edit a pick of it sets (whatever block, mode, strength and steps it says);
+one result per concept, on the tile's block, and erasing is ``replace``'s on that block.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ TRIAL_SEED_BASE = 30_500_000  # replace and paste scores: in the labels' seed ra
 LEAK_THRESHOLD = 40.0
 EDGE_PX = 4
 PAINTED_KINDS = ("colour", "texture", "shape")
+TILE_ROW = "each word's tile"  # tile mode's summary row: every concept, on the block its tile chose
 
 
 @dataclass
@@ -198,6 +202,27 @@ class Bench:
         return Result(block, concept, kind, feature, score, factor, mean(hits) or 0.0, mean(factor_hits),
                       mean(base) or 0.0, mean(leaks) or 0.0, mean(factor_leaks), removal, self.k, n_erase, mean(far),
                       mean(factor_far), write, after, before, replace_score)
+
+    def run_tile(self, concept: str) -> Result:
+        """Paint the first tile the palette shows for the concept's word, with the edit a pick of it sets."""
+        tiles = self.engine.concepts.tiles(concept, profile=self.engine.model.profile)
+        tile = tiles[0] if tiles and tiles[0].paintable else None
+        if tile is None:
+            return Result("-", concept, CONCEPT_KIND[concept], None, 0.0, None, 0.0, None,
+                          mean(self.base_hits(concept)) or 0.0, 0.0, None, None, self.k, 0)
+        chosen, recipe = tile.choice.concept, tile.choice.recipe
+        fields = dict(block=chosen.block, mode=recipe.mode, strength=recipe.strength, step_range=recipe.step_range,
+                      feature=chosen.feature, factor=chosen.factor, features=chosen.weights)
+        hits, leaks, far = self.trials(concept, fields)
+        removal, n_erase, after, before = self.erase(chosen.block, concept, None, "replace")
+        what = f"feature {chosen.feature}" if chosen.feature is not None else \
+            f"factor {chosen.factor}" if chosen.factor is not None else f"mix of {len(chosen.mix)} features"
+        steps = "every step" if recipe.step_range is None else f"steps {list(recipe.step_range)}"
+        edit = f"'{tile.name}': {recipe.mode} {what}, strength {recipe.strength:g}, {steps}" + \
+            ("" if tile.measured else " (not measured)")
+        return Result(chosen.block, concept, CONCEPT_KIND[concept], chosen.feature, recipe.score or 0.0, chosen.factor,
+                      mean(hits) or 0.0, None, mean(self.base_hits(concept)) or 0.0, mean(leaks) or 0.0, None, removal,
+                      self.k, n_erase, mean(far), None, None, after, before, None, edit)
 
     def run_recipe(self, block: str, concept: str) -> Result:
         """Paint the concept's recipe (its best edit in ``recipes.json``); erase by painting the background over
@@ -374,6 +399,20 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
+def tile_table(results: list[Result]) -> str:
+    """Tile mode's per-concept table: the tile's edit (on its block), what its trials measured, and PaintBench's
+    figures."""
+    lines = [f"| concept | kind | the first tile's edit | block | its trials | success | base rate | leakage | "
+             f"leakage beyond {EDGE_PX} px | removal (erase) |", "|" + "---|" * 10]
+    for r in results:
+        removal = "-" if r.removal is None else f"{fmt(r.removal)} of {r.n_erase}"
+        trials = "-" if r.edit is None or "(not measured)" in r.edit else fmt(r.feature_score)
+        lines.append(f"| {r.concept} | {r.kind} | {r.edit or 'no tile'} | {r.block} | {trials} | "
+                     f"{fmt(r.success_feature if painted(r) else None)} | {fmt(r.base_rate)} | "
+                     f"{fmt(r.leakage_feature if painted(r) else None)} | {fmt(r.far_leakage_feature)} | {removal} |")
+    return "\n".join(lines)
+
+
 def table(results: list[Result]) -> str:
     lines = ["| block | concept | feature (score, write[, replace]) | success feature | success factor | base rate "
              "| leakage feature | leakage factor | removal (erase) |", "|" + "---|" * 9]
@@ -395,13 +434,14 @@ def mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summary(results: list[Result]) -> list[dict]:
-    """Per block: mean success per kind (best feature, and best factor as ``<kind>_factor``) over the concepts
-    that had one to paint (``<kind>_unpainted`` lists the others), leakage, removal."""
+def summary(results: list[Result], by_block: bool = True) -> list[dict]:
+    """Per block (or, with ``by_block`` False, one row for all: tile mode, where each concept's tile picks its
+    block): mean success per kind (best feature, and best factor as ``<kind>_factor``) over the concepts that had
+    one to paint (``<kind>_unpainted`` lists the others), leakage, removal."""
     rows = []
-    for block in sorted({r.block for r in results}):
+    for block in sorted({r.block for r in results}) if by_block else [TILE_ROW]:
         row: dict = {"block": block}
-        mine = [r for r in results if r.block == block]
+        mine = [r for r in results if r.block == block or not by_block]
         for kind in PAINTED_KINDS:
             row[kind] = mean([r.success_feature for r in mine if r.kind == kind and painted(r)])
             row[f"{kind}_unpainted"] = [r.concept for r in mine if r.kind == kind and not painted(r)]
@@ -439,13 +479,14 @@ def summary_table(rows: list[dict]) -> str:
     for row in rows:
         after, before = row.get("erased_background"), row.get("base_background")  # absent from older runs
         box = "-" if after is None else f"{fmt(after)} ({fmt(before)})"
-        first = "recipe" if row.get("recipes") else "best feature"
+        first = "first tile" if row["block"] == TILE_ROW else "recipe" if row.get("recipes") else "best feature"
         lines.append(f"| {row['block']} | {first} | {success(row, 'colour')} | {success(row, 'texture')} | "
                      f"{success(row, 'shape')} | {fmt(row['leakage'])} | {fmt(row['far_leakage'])} | "
                      f"{fmt(row['removal'])} | {box} |")
-        lines.append(f"| {row['block']} | best factor | {fmt(row['colour_factor'])} | {fmt(row['texture_factor'])} | "
-                     f"{fmt(row['shape_factor'])} | {fmt(row['leakage_factor'])} | "
-                     f"{fmt(row['far_leakage_factor'])} | - | - |")
+        if row["block"] != TILE_ROW:  # a tile paints one edit: no factor beside it
+            lines.append(f"| {row['block']} | best factor | {fmt(row['colour_factor'])} | "
+                         f"{fmt(row['texture_factor'])} | {fmt(row['shape_factor'])} | {fmt(row['leakage_factor'])} | "
+                         f"{fmt(row['far_leakage_factor'])} | - | - |")
         lines.append(f"| {row['block']} | nothing (base rate) | {fmt(row['colour_base'])} | {fmt(row['texture_base'])} | "
                      f"{fmt(row['shape_base'])} | - | - | - | - |")
     return "\n".join(lines)
