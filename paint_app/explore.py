@@ -23,11 +23,12 @@ from sae.pipelines import get_block
 
 from .engine import Engine
 from .errors import PaintError
-from .painting import Concept, Layer, Painting
+from .painting import Choice, Concept, Layer, Painting
 from .session import Session, as_painting
 
 KEEP = 32  # features kept per location
 HEAT_COLOR = (255, 40, 40)
+ICON_SIDE = 96  # a tile's picture is at most this many pixels along its longer side
 
 
 @dataclass
@@ -210,8 +211,30 @@ def everywhere(settings: Painting, concept: Concept, strength: float) -> Paintin
     return replace(settings, layers=[Layer(concept, mask, name="preview", strength=strength)])
 
 
+def icon_painting(settings: Painting, choice: Choice, strength: float, step_range: tuple[int, int] | None
+                  ) -> Painting:
+    """``settings`` with one layer painting ``choice``'s edit over the middle of the image (a tile's picture), the
+    rest of the image kept. Without a recipe the edit is an ``add`` at ``strength`` over ``step_range``."""
+    height, width = settings.height, settings.width
+    mask = np.zeros((height, width), np.float32)
+    mask[height // 4:height - height // 4, width // 4:width - width // 4] = 1.0
+    recipe = choice.recipe
+    mode, strength, steps = (recipe.mode, recipe.strength, recipe.step_range) if recipe is not None \
+        else ("add", strength, step_range)
+    steps = tuple(steps) if steps and steps[1] <= settings.steps else None
+    layer = Layer(choice.concept, mask, name=choice.label, mode=mode, strength=strength, step_range=steps)
+    return replace(settings, layers=[layer], keep_outside=True)
+
+
+def icon_key(choice: Choice) -> tuple:
+    """What decides a tile's picture: its concept and its edit."""
+    recipe = choice.recipe
+    return (choice.concept, None) if recipe is None else \
+        (choice.concept, (recipe.mode, recipe.strength, tuple(recipe.step_range or ())))
+
+
 class ExploreCache:
-    """What the palette shows for a concept, computed once per engine: previews and top examples.
+    """What the palette shows for a concept, computed once per engine: tiles' pictures, previews, top examples.
 
     Shared by every tab because it holds only derived pictures of the model, never a user's painting.
     """
@@ -220,6 +243,7 @@ class ExploreCache:
         self.engine = engine
         self.probe_seeds = probe_seeds
         self._previews: dict[tuple, Image.Image] = {}
+        self._icons: dict[tuple, Image.Image] = {}
         self._lock = threading.Lock()
         self._probes: list[tuple[str, Image.Image, FeatureMaps]] | None = None
 
@@ -243,6 +267,33 @@ class ExploreCache:
         pair.paste(painted.convert("RGB"), (plain.width + 2, 0))
         self._previews[key] = pair
         return pair
+
+    def icon(self, tile) -> Image.Image:
+        """A tile's picture: its edit (``tile.choice``: concept and recipe) painted over the middle of the neutral
+        scene (the empty prompt, seed 0), the rest kept, cropped to the middle three quarters; made once per engine
+        and edit, at most ``ICON_SIDE`` pixels along its longer side. A ``paste`` or ``fill`` edit makes its example first (one more generation)."""
+        choice = tile.choice if hasattr(tile, "choice") else tile
+        key = icon_key(choice)
+        with self._lock:
+            if key not in self._icons:
+                profile = self.engine.model.profile
+                painting = icon_painting(self.neutral_settings(), choice, profile.layer_strength,
+                                         profile.layer_step_range)
+                image = self.engine.generate(painting).convert("RGB")
+                width, height = image.size  # the painted middle with a margin of the scene around it
+                image = image.crop((width // 8, height // 8, width - width // 8, height - height // 8))
+                if max(image.size) > ICON_SIDE:
+                    image.thumbnail((ICON_SIDE, ICON_SIDE), Image.BILINEAR)
+                self._icons[key] = image
+            return self._icons[key]
+
+    def cached_icon(self, tile) -> Image.Image | None:
+        """A tile's picture if it was made already (never makes one)."""
+        return self._icons.get(icon_key(tile.choice if hasattr(tile, "choice") else tile))
+
+    def icon_of(self, concept: Concept) -> Image.Image | None:
+        """A made picture of ``concept`` (e.g. for a layer in the stack), if there is one."""
+        return next((image for (made, _), image in list(self._icons.items()) if made == concept), None)
 
     def probe_prompts(self) -> list[str]:
         """A small fixed probe set: the empty prompt and the best-scored distinct feature labels."""
@@ -282,5 +333,5 @@ class ExploreCache:
                 for peak, prompt, image, heat in scored[:n] if peak > 0]
 
 
-__all__ = ["BlockMap", "ExploreCache", "FeatureMaps", "capture_feature_maps", "everywhere", "heatmap",
-           "heatmap_overlay", "region_of", "top_factors_at", "top_features_at"]
+__all__ = ["BlockMap", "ExploreCache", "FeatureMaps", "ICON_SIDE", "capture_feature_maps", "everywhere", "heatmap",
+           "heatmap_overlay", "icon_key", "icon_painting", "region_of", "top_factors_at", "top_features_at"]

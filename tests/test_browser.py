@@ -1,7 +1,9 @@
 """The page in a real browser: Debian's chromium driven by Playwright, against the app served on tiny-random-sd.
 
-One page walks through the main flow in order (open, generate, paint, inspect, palette, move, sessions, a broken
-upload); a second test paints from two browser contexts at once. Screenshots land in test-output/screenshots/.
+One page walks through the main flow in order (open, generate, paint, inspect, the Advanced palette table,
+move, the layer stack, sessions, a broken upload); a second test paints from two browser contexts at once.
+Screenshots land in test-output/screenshots/. The painter's page itself (tiles, keys, the stack's eye and
+amount) is tested in test_browser_page.py, the toy model's concepts in test_browser_toy.py.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ BLOCK = "down_blocks.0.attentions.0"
 MID = "mid_block.attentions.0"
 
 
-def open_page(browser, url: str, layer_text: str = "thing"):
+def open_page(browser, url: str, layer_text: str = "thing", viewport: dict | None = None):
     """A new page on ``url``, once the image, the first layer (its info holding ``layer_text``) and the canvas
     are there."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    context = browser.new_context(viewport=viewport or {"width": 1400, "height": 1000}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     page.goto(url)
@@ -90,6 +92,44 @@ def pick_row(page, block: str, label: str) -> None:
     """Click the label cell of the palette row of ``block`` labelled ``label``."""
     row = page.locator("#palette-table [role=row]", has_text=block).filter(has_text=label).first
     row.locator("[role=gridcell]", has_text=label).first.click()
+
+
+ADVANCED_TABS = {"Layer": "#mode", "Palette": "#palette-search", "Inspector": "#inspect-info",
+                 "Factors": "#factor-pick"}
+
+
+def open_advanced(page, tab: str) -> None:
+    """Unfold the *Advanced* section (folded on a new page) and show its tab ``tab`` (waiting for its first
+    component)."""
+    advanced = page.locator("#advanced")
+    button = advanced.get_by_role("tab", name=tab, exact=True).first
+    if not button.is_visible():
+        advanced.locator("button.label-wrap").first.click()
+    button.click()
+    page.locator(ADVANCED_TABS[tab]).first.wait_for(state="visible")
+
+
+def tile(page, name: str):
+    """The concept tile named ``name`` in the tile grid."""
+    return page.locator(f'#tiles .pt-tile[data-name="{name}"]')
+
+
+def search_tiles(page, words: str) -> None:
+    """Type ``words`` in the concept search (key by key, as a person types; the tiles follow each key) and wait
+    for the tiles found for them."""
+    box = page.locator("#tile-search input")
+    box.click()
+    box.press("End")
+    for _ in box.input_value():
+        box.press("Backspace")
+    if words:
+        box.press_sequentially(words)
+    page.wait_for_selector(f'#tiles .pt-root[data-query="{" ".join(words.split())}"]', state="attached")
+
+
+def stack_row(page, name: str):
+    """The layer stack's row of the layer named ``name``."""
+    return page.locator(f'#stack .ps-row[data-name="{name}"]')
 
 
 def wait_text(page, selector: str, text: str) -> None:
@@ -158,8 +198,10 @@ def test_a_stroke_changes_the_image_and_undo_takes_it_back(page, screenshots):
 
 
 def test_clicking_the_image_lists_features(page, screenshots):
-    page.get_by_role("tab", name="Inspector").click()
     click_image(page, 0.25, 0.55)
+    page.wait_for_selector("#found .pf-tile")
+    assert page.locator('#found .pf-tile[data-name="red thing"]').count() == 1
+    open_advanced(page, "Inspector")
     wait_text(page, "#inspect-info", "strongest features")
     table = page.locator("#inspect-table").inner_text()
     assert BLOCK in table and "red thing" in table
@@ -170,7 +212,7 @@ def test_clicking_the_image_lists_features(page, screenshots):
 
 
 def test_palette_search_and_pick(page, screenshots):
-    page.get_by_role("tab", name="Palette").click()
+    open_advanced(page, "Palette")
     page.fill("#palette-search textarea", "zebra")
     page.press("#palette-search textarea", "Enter")
     wait_toast(page, "No features label holds all of the words 'zebra'")
@@ -194,6 +236,7 @@ def test_move_a_layer(page, screenshots):
     old = wait_new_output(page, old)
     page.screenshot(path=screenshots / "06-dragged.png", full_page=True)
     page.click("#canvas [data-tool=brush]")
+    open_advanced(page, "Layer")
     page.click("#move-reset")
     wait_text(page, "#layer-info", "offset (0, 0)")
     old = wait_new_output(page, old)
@@ -204,14 +247,15 @@ def test_move_a_layer(page, screenshots):
     page.screenshot(path=screenshots / "06-moved.png", full_page=True)
 
 
-def test_a_new_layer_and_picking_layers_in_the_list(page, screenshots):
+def test_a_new_layer_and_picking_layers_in_the_stack(page, screenshots):
     first = page.locator("#canvas .pc-root").get_attribute("data-layer")
     page.click("#add-layer")
     wait_text(page, "#layer-info", "blue thing (2)")
     page.wait_for_function("old => document.querySelector('#canvas .pc-root').dataset.layer !== old", arg=first)
-    page.locator("#layer-select input").click()
-    page.locator("#layer-select [role=option]", has_text="1. blue thing").first.click()
+    stack_row(page, "blue thing (2)").wait_for()
+    stack_row(page, "blue thing").locator(".ps-name").click()
     page.wait_for_function("old => document.querySelector('#canvas .pc-root').dataset.layer === old", arg=first)
+    page.wait_for_selector(f'#stack .ps-root[data-active="{first}"]', state="attached")
     assert "blue thing (2)" not in page.locator("#layer-info").inner_text()
     assert "offset (8, 0)" in page.locator("#layer-info").inner_text()
     page.screenshot(path=screenshots / "06-layers.png", full_page=True)

@@ -1,12 +1,28 @@
 """A newcomer's first minute, in a real browser on the embedded default: the app opens on the toy model with a
-layer that paints, and brushing it over part of the canvas turns that part of the image its colour."""
+layer that paints, and brushing it over part of the canvas turns that part of the image its colour; typing a word
+and picking the first concept tile paints that concept (a colour, a texture, a shape), with a prompt or without;
+the page fits a 1366x768 screen. The *Advanced* section's table, modes and shipped sessions still work."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_browser import open_page, output_src, pick_row, shown_image, stroke, upload, wait_new_output, wait_text
+from test_browser import (
+    download_session,
+    open_advanced,
+    open_page,
+    output_src,
+    pick_row,
+    search_tiles,
+    shown_image,
+    stroke,
+    tile,
+    upload,
+    wait_new_output,
+    wait_text,
+)
 
+from paint_app.session import Session
 from paint_app.toyworld.judges import classify_pixels
 from paint_app.toyworld.world import COLOUR_NAMES
 
@@ -59,7 +75,7 @@ def brush_and_search(page, words: str, kind: str = "features") -> tuple[np.ndarr
     brush_top_left(page)
     wait_new_output(page, old)
     old = settle(page)
-    page.get_by_role("tab", name="Palette").click()
+    open_advanced(page, "Palette")
     if kind != "features":
         page.locator("#palette-kind").get_by_label(kind).check()
     page.fill("#palette-search textarea", words)
@@ -111,6 +127,7 @@ def test_a_layer_switched_to_replace_paints_the_features_prototype(chromium, toy
         pick_row(page, "up_blocks.1.attentions.0", "blue")
         wait_text(page, "#layer-info", "feature")
         old = wait_new_output(page, old)
+        open_advanced(page, "Layer")
         page.locator("#mode").get_by_label("replace").check()
         wait_text(page, "#layer-info", "replaces its block's activations")
         wait_new_output(page, old)
@@ -133,6 +150,7 @@ def test_a_recipe_from_the_palette_sets_the_layers_edit_and_paints_its_colour(ch
         wait_text(page, "#layer-info", "replaces its block's activations")
         assert page.locator("#layer-info").inner_text().startswith("yellow")
         wait_new_output(page, old)
+        open_advanced(page, "Layer")
         assert page.locator("#mode input:checked").input_value() == "replace"
         assert page.locator("#step-start input").input_value() == ""  # every step
         after = settled_image(page, screenshots / "toy-recipe.png")
@@ -159,6 +177,7 @@ def test_paste_from_the_mode_radio_and_a_shipped_paste_session(chromium, toy_ser
         brush_top_left(page)
         wait_new_output(page, old)
         old = settle(page)
+        open_advanced(page, "Layer")
         page.locator("#mode").get_by_label("paste").check()
         wait_text(page, "#status", "Paste acts on every step")
         wait_text(page, "#layer-info", "pastes the activations")
@@ -174,3 +193,114 @@ def test_paste_from_the_mode_radio_and_a_shipped_paste_session(chromium, toy_ser
     rendered = np.asarray(Image.open(out).convert("RGB"))
     assert np.array_equal(shown, rendered)
     assert Judges.load().texture(rendered, rect_mask([0, 0, 32, 32]))[0] == "striped"
+
+
+def brush_box(page) -> None:
+    """Two strokes of a 16-px brush across the lower right of the canvas, away from the default scene's circle:
+    a region of about 31x29 px (PaintBench paints boxes of 24 or 32)."""
+    page.locator("#canvas .pc-size").fill("16")
+    for fy in (0.62, 0.82):
+        stroke(page, (0.56, fy), (0.8, fy))
+
+
+def painted_mask(page, tmp_path) -> np.ndarray:
+    """The active layer's mask as the page holds it: from the session the page downloads."""
+    session = Session.from_json(download_session(page, tmp_path, "painted.json").read_text())
+    return session.layers[0].mask_array(64, 64)
+
+
+def assert_painted_there_only(before: np.ndarray, after: np.ndarray, mask: np.ndarray, kind: str, word: str) -> None:
+    """Where the brush went (the mask at half strength or more) the toy's judge sees ``word`` (it did not before);
+    beyond 4 px of the stroke no pixel's colour moved (PaintBench's leakage: by more than 40 of 255), and beyond
+    two latent cells (8 px) the pixels are exactly the plain image's (keep the rest of the image: the touched latent
+    cells follow the painted run, and the pasted-back plain pixels blend over one more cell)."""
+    from scipy.ndimage import binary_dilation
+
+    from paint_app.toyworld.bench import leakage
+    from paint_app.toyworld.judges import Judges
+
+    judges = Judges.load()
+    core, stroke_pixels = mask >= 0.5, mask > 0
+    assert core.sum() > 300, core.sum()
+    assert judges.judge(kind, before, core)[0] != word
+    assert judges.judge(kind, after, core)[0] == word, judges.judge(kind, after, core)
+    assert leakage(before, after, stroke_pixels, margin=4) == 0.0
+    far = ~binary_dilation(stroke_pixels, iterations=8)
+    assert far.sum() > 1500 and np.array_equal(after[far], before[far])
+
+
+def paint_first_tile(page, word: str) -> tuple[np.ndarray, np.ndarray]:
+    """Type ``word``, click the FIRST tile, brush the box with real mouse events; (before, after) images."""
+    before = shown_image(page)
+    search_tiles(page, word)
+    first = page.locator("#tiles .pt-tile").first
+    assert first.get_attribute("data-name") == word  # the first tile for a word is that word
+    first.locator(".pt-pick").click()
+    wait_text(page, "#layer-info", f"{word} —")
+    old = output_src(page)
+    brush_box(page)
+    wait_new_output(page, old)
+    settle(page)
+    return before, shown_image(page)
+
+
+@pytest.mark.parametrize("word, kind", [("red", "colour"), ("striped", "texture"), ("triangle", "shape")])
+def test_the_first_tile_for_a_word_paints_it_where_the_brush_went(chromium, toy_server, screenshots, tmp_path,
+                                                                   word, kind):
+    page = open_page(chromium, toy_server, layer_text="blue")
+    try:
+        before, after = paint_first_tile(page, word)
+        page.screenshot(path=screenshots / f"toy-tile-{word}.png", full_page=True)
+        mask = painted_mask(page, tmp_path)
+    finally:
+        page.context.close()
+    assert_painted_there_only(before, after, mask, kind, word)
+
+
+def test_an_empty_prompt_paints_the_picked_concept(chromium, toy_server, screenshots, tmp_path):
+    """No prompt: the model's own (unconditional) picture, and the first tile for 'red' painted where brushed."""
+    page = open_page(chromium, toy_server, layer_text="blue")
+    try:
+        old = output_src(page)
+        page.fill("#prompt textarea", "")
+        page.click("#generate")
+        wait_new_output(page, old)
+        assert page.locator("#prompt textarea").input_value() == ""
+        before, after = paint_first_tile(page, "red")
+        page.screenshot(path=screenshots / "toy-empty-prompt.png", full_page=True)
+        mask = painted_mask(page, tmp_path)
+        session = Session.from_json((tmp_path / "painted.json").read_text())
+    finally:
+        page.context.close()
+    assert session.prompt == ""
+    assert_painted_there_only(before, after, mask, "colour", "red")
+
+
+def test_the_page_fits_a_1366x768_screen(chromium, toy_server, screenshots):
+    """Canvas, image and concept tiles (with their pictures) inside the viewport without scrolling; the screenshot
+    after painting the first tile for 'striped' is the README's picture of the page."""
+    import shutil
+
+    from conftest import REPO
+
+    page = open_page(chromium, toy_server, layer_text="blue", viewport={"width": 1366, "height": 768})
+    try:
+        page.wait_for_selector('#tiles .pt-root[data-token]:not([data-token=""])[data-pending="0"]', state="attached")
+        paint_first_tile(page, "striped")
+        search_tiles(page, "")
+        page.wait_for_selector('#tiles .pt-root[data-pending="0"]', state="attached")
+        assert page.evaluate("window.scrollY") == 0
+        boxes = {name: page.locator(selector).bounding_box() for name, selector in (
+            ("canvas", "#canvas canvas.pc-view"), ("image", "#output img"), ("search", "#tile-search input"),
+            ("first tile", "#tiles .pt-tile >> nth=0"), ("eighth tile", "#tiles .pt-tile >> nth=7"),
+            ("stack", "#stack .ps-row >> nth=0"), ("prompt", "#prompt textarea"), ("generate", "#generate"))}
+        for name, box in boxes.items():
+            assert box is not None and box["x"] >= 0 and box["y"] >= 0, name
+            assert box["x"] + box["width"] <= 1366 and box["y"] + box["height"] <= 768, (name, box)
+        assert boxes["canvas"]["width"] >= 250 and boxes["image"]["width"] >= 250
+        assert tile(page, "red").locator("img.pt-icon").count() == 1  # pictures, not placeholders
+        path = screenshots / "page-1366x768.png"
+        page.screenshot(path=path)
+    finally:
+        page.context.close()
+    shutil.copyfile(path, REPO / "docs" / "images" / "app.png")

@@ -26,11 +26,16 @@ MID = "mid_block.attentions.0"
 
 def checking(app: PaintApp) -> PaintApp:
     """``app`` with every handler that declares its outputs (``@outputs``) checked at each call: a key it returns
-    that its declaration lacks raises ``UndeclaredOutput`` (so every test here checks the declarations too)."""
+    (or yields, for a streaming handler) that its declaration lacks raises ``UndeclaredOutput`` (so every test here
+    checks the declarations too). A streaming handler's results come back as a list."""
+    import inspect
+
     for name, names in declared_handlers(type(app)).items():
         method = getattr(app, name)
 
         def checked(*args, _method=method, _names=names, _name=name, **kwargs):
+            if inspect.isgeneratorfunction(_method):
+                return [check_declared(result, _names, _name) for result in _method(*args, **kwargs)]
             return check_declared(_method(*args, **kwargs), _names, _name)
 
         checked.__name__ = name
@@ -314,7 +319,7 @@ def test_layers_add_select_delete_clear(app, state):
     assert len(state.layers) == 2 and state.active == 1 and state.layers[1].concept.to_dict() == {"feature": 1}
     assert state.layers[1].name == "blue thing (2)"
     result = app.select_layer(state, 0)
-    assert result["layer_select"]["value"] == 0 and result["editor"]["layer"] == state.layers[0].uid
+    assert result["stack"]["active"] == state.layers[0].uid and result["editor"]["layer"] == state.layers[0].uid
     assert canvas_mask(result["editor"]).any()
     with pytest.warns(UserWarning, match="layer is 5"):
         app.select_layer(state, 5)
@@ -560,7 +565,8 @@ def test_dice_and_build_app(app, tiny_engine):
     blocks = build_app(tiny_engine)
     assert isinstance(blocks, gr.Blocks) and isinstance(blocks.paint_app, PaintApp)
     ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
-    assert {"canvas", "output", "palette-table", "inspect-table", "download", "session-upload"} <= ids
+    assert {"canvas", "output", "palette-table", "inspect-table", "download", "session-upload", "tiles", "stack",
+            "found", "tile-search", "advanced", "settings"} <= ids
 
 
 def test_unexpected_errors_become_warnings_not_crashes():

@@ -34,7 +34,7 @@ def wired_handlers(page) -> set[str]:
 def test_every_event_updates_what_its_handler_declares(page):
     app = page.paint_app
     ids = {block._id for block in page.blocks.values()}
-    assert len(page.paint_wiring) == 37  # as many events as the page wires (a forgotten one shows here)
+    assert len(page.paint_wiring) == 43  # as many events as the page wires (a forgotten one shows here)
     for event in page.paint_wiring:
         handler = getattr(type(app), event.handler)
         names = declared(handler)
@@ -48,7 +48,8 @@ def test_every_event_updates_what_its_handler_declares(page):
             assert [block._id for block in dependency.outputs] == [page.paint_components[n]._id
                                                                  for n in wired[0].outputs]
             assert all(block._id in ids for block in dependency.outputs)
-    assert {"start", "canvas_edit", "pick_concept", "download_session", "load_session_file"} <= wired_handlers(page)
+    assert {"start", "canvas_edit", "pick_concept", "download_session", "load_session_file", "find_tiles",
+            "fill_icons", "tile_action", "stack_action", "found_action"} <= wired_handlers(page)
 
 
 def every_handler_once(app: PaintApp, tmp_path) -> None:
@@ -63,6 +64,21 @@ def every_handler_once(app: PaintApp, tmp_path) -> None:
     app.canvas_edit(state, stroke_value(app, state), False)
     app.canvas_edit(state, {**stroke_value(app, state), "width": 32}, True)
     app.apply(state)
+    app.fill_icons(state)
+    app.find_tiles(state, "zebra")
+    app.find_tiles(state, "x" * 300)
+    app.find_tiles(state, "blue")
+    app.fill_icons(state)
+    app.tile_action(state, {"action": "pick", "index": 0, "name": state.tiles[0].name, "token": state.tiles_token})
+    app.tile_action(state, {"action": "erase", "index": 0, "name": state.tiles[0].name, "token": state.tiles_token})
+    app.tile_action(state, {"action": "pick", "index": 0, "name": "nope", "token": -1})
+    app.tile_action(state, "not an action")
+    app.stack_action(state, {"action": "eye", "layer": state.layers[0].uid, "on": False})
+    app.stack_action(state, {"action": "amount", "layer": state.layers[0].uid, "value": 50})
+    app.stack_action(state, {"action": "amount", "layer": state.layers[0].uid, "value": 500})
+    app.stack_action(state, {"action": "select", "layer": state.layers[0].uid})
+    app.stack_action(state, {"action": "delete", "layer": state.layers[-1].uid})
+    app.stack_action(state, {"action": "fly", "layer": "x"})
     app.select_layer(state, 7)
     app.add_layer(state)
     app.select_layer(state, 0)
@@ -91,6 +107,9 @@ def every_handler_once(app: PaintApp, tmp_path) -> None:
     app.pick_concept(state, rows[0], True)
     app.preview(state)
     table = app.click_image(state, 10, 30, "inspect", True)["inspect_table"]
+    app.found_action(state, {"action": "more", "index": 0, "name": state.found[0].name, "token": state.found_token})
+    app.found_action(state, {"action": "erase", "index": 0, "name": state.found[0].name, "token": state.found_token})
+    app.found_action(state, {"action": "erase", "index": 99, "name": "x", "token": state.found_token})
     app.show_heat(state, ["x"])
     app.show_heat(state, table[0])
     app.layer_from_selected(state, "paint", True)

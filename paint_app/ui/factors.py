@@ -56,7 +56,7 @@ class FactorHandlers(Views):
         label = entry.factors.labels[int(index)]
         return {"factor_weights": rows, "concept_name": f"{label} (edited)", "status": ""}
 
-    @outputs("state", "status")
+    @outputs("state", "tiles", "tile_search", "status")
     def save_factor(self, state: TabState, key: Any, rows: Any, name: Any) -> dict:
         """Save edited factor weights as a new concept of the palette (kind 'mine')."""
         notes = Notes()
@@ -72,9 +72,10 @@ class FactorHandlers(Views):
             return {"status": notes.text()}
         state.selected = Choice(Concept.of_mix(block, features), title, source="mine")
         state.custom.append(state.selected)
-        notes.info(f"Saved '{title}' ({len(features)} features) to the palette under 'mine'; New layer paints "
-                   "with it.")
-        return {"state": state, "status": notes.text()}
+        self.find_tiles_for(state, title)  # the tiles for its name: the new one among them
+        notes.info(f"Saved '{title}' ({len(features)} features) as a concept tile of your own (and in the table "
+                   "under 'mine'); New layer paints with it.")
+        return {"state": state, "tiles": self.tile_grid(state), "tile_search": title, "status": notes.text()}
 
 
 __all__ = ["FactorHandlers", "WEIGHT_HEADERS", "parse_weights"]

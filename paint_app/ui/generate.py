@@ -22,9 +22,10 @@ from .views import Views
 
 
 class GenerateHandlers(Views):
-    @outputs(*CHANGED, *SETTINGS, "prompt_notes", "palette_table")
+    @outputs(*CHANGED, *SETTINGS, "prompt_notes", "palette_table", "tiles")
     def start(self, state: TabState) -> dict:
-        """On page load: a first image and, when there are concepts, a first layer to paint with."""
+        """On page load: a first image, the concept tiles and, when there are concepts, a first layer to paint
+        with."""
         notes = Notes()
         settings = self.default_settings()
         state.settings = settings
@@ -33,8 +34,10 @@ class GenerateHandlers(Views):
         first = self.engine.concepts.first_concept(self.profile)
         if first is not None and not state.layers:
             self.new_layer(state, first.concept, first.label)
-        notes.info("Paint on the canvas: the image on the right follows your strokes.")
+        self.find_tiles_for(state, "")
+        notes.info("Click a concept tile, paint on the canvas: the image beside it follows your strokes.")
         return {**self.whole_view(state, notes), **self.settings_view(settings), "timing": "",
+                "tiles": self.tile_grid(state),
                 "prompt_notes": self.prompt_notes(settings.prompt, Notes(), quiet=True),
                 "palette_table": self.palette_rows(state, "", None, "features")[:PALETTE_LIMIT]}
 
@@ -109,10 +112,10 @@ class GenerateHandlers(Views):
         """Regenerate after a change (or only keep the change when painting applies on the button)."""
         if not live:
             notes.info("Apply on button is on: press Apply to see the change.")
-            return {"state": state, "status": notes.text(), "layer_info": self.panel(state)["layer_info"]}
+            return {"state": state, "status": notes.text(), "layer_info": self.layer_info(state)}
         timing = self._show(state, notes)
         return {"state": state, "output": state.output, "timing": timing, "status": notes.text(),
-                "layer_info": self.panel(state)["layer_info"]}
+                "layer_info": self.layer_info(state)}
 
     @outputs(*REPAINTED)
     def apply(self, state: TabState) -> dict:

@@ -12,9 +12,10 @@ from .inspector import InspectorHandlers
 from .layers import LayerHandlers
 from .palette import PaletteHandlers
 from .sessions import SessionHandlers
+from .tiles import TileHandlers
 
 
-class PaintApp(GenerateHandlers, LayerHandlers, PaletteHandlers, InspectorHandlers, FactorHandlers,
+class PaintApp(GenerateHandlers, LayerHandlers, PaletteHandlers, TileHandlers, InspectorHandlers, FactorHandlers,
                SessionHandlers):
     """The handlers of the page, over one shared engine."""
 

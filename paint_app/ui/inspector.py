@@ -9,6 +9,7 @@ from sae.errors import SAEError
 from .. import canvas
 from ..errors import PaintError
 from ..explore import (
+    HEAT_COLOR,
     FeatureMaps,
     capture_feature_maps,
     heatmap,
@@ -18,14 +19,16 @@ from ..explore import (
     top_features_at,
 )
 from ..modes import MODES, NAMES
-from ..painting import Choice, Concept, quantize_mask
+from ..painting import Choice, Concept, Recipe, quantize_mask
 from .outputs import CHANGED, Notes, outputs
-from .state import TabState
+from .state import Found, TabState
 from .views import Views
+from .widgets import FOUND_ACTIONS, found_value, index_of, parse_action
 
 INSPECT_HEADERS = ["block", "feature", "label", "value", "x typical"]
 FACTOR_HEADERS = ["block", "factor", "label", "value"]
-INSPECTED = ("state", "inspect_table", "factor_table", "inspect_info", "status")
+INSPECTED = ("state", "found", "inspect_table", "factor_table", "inspect_info", "status")
+FOUND_LIMIT = 6  # concepts shown at a point
 
 
 class InspectorHandlers(Views):
@@ -60,14 +63,74 @@ class InspectorHandlers(Views):
         except PaintError as exc:
             notes.warn(str(exc))
             return {"state": state, "status": notes.text()}
+        state.found, state.found_token = self.found_at(state, maps, features), state.found_token + 1
+        head = (f"At ({x:.0f}, {y:.0f}): the concepts strongest there (value as a multiple of its typical value)."
+                if state.found else f"At ({x:.0f}, {y:.0f}) no concept is active.")
+        found = found_value([self.found_item(item) for item in state.found], state.found_token, head)
         table = [[r["block"], r["feature"], r["label"], round(r["value"], 3), round(r["relative"], 2)] for r in features]
         factor_table = [[r["block"], r["factor"], r["label"], round(r["value"], 3)] for r in factors]
         info = (f"At ({x:.0f}, {y:.0f}): {len(table)} strongest features (value, and as a multiple of the feature's "
                 "typical value). Click one for its heatmap.")
         if not table:
             info = f"At ({x:.0f}, {y:.0f}) no feature is active."
-        return {"state": state, "inspect_table": table, "factor_table": factor_table, "inspect_info": info,
-                "status": ""}
+        return {"state": state, "found": found, "inspect_table": table, "factor_table": factor_table,
+                "inspect_info": info, "status": ""}
+
+    def found_at(self, state: TabState, maps: FeatureMaps, features: list[dict]) -> list[Found]:
+        """The concepts among ``features``, one per name, labelled features first (strongest first), then unlabelled
+        ones: each with the feature to erase, the edit that paints more of it (its tile's, else the feature added
+        with the model's defaults) and its region."""
+        found: list[Found] = []
+        names: set[str] = set()
+        for row in sorted(features, key=lambda r: not r["label"]):  # stable: strongest first within each
+            name = row["label"] or f"feature {row['feature']}"
+            if name in names or len(found) >= FOUND_LIMIT:
+                continue
+            names.add(name)
+            concept = Concept(row["block"], feature=row["feature"])
+            try:
+                region = quantize_mask(region_of(maps, row["block"], row["feature"]))
+            except PaintError:
+                continue
+            tile = next((t for t in self.engine.concepts.tiles(name, custom=state.custom, profile=self.profile)
+                         if t.name == name and t.paintable), None) if row["label"] else None
+            more = self.tile_choice(tile) if tile is not None else Choice(
+                concept, name, Recipe("add", self.profile.layer_strength, self.profile.layer_step_range), "inspector")
+            found.append(Found(name, row["relative"], Choice(concept, name, source="inspector"), more, region, tile))
+        return found
+
+    def found_item(self, item: Found) -> dict:
+        """How the inspector shows a found concept: its tile's picture (else its colour), name and value."""
+        icon = self.cache.cached_icon(item.tile) if item.tile is not None else None
+        return {"name": item.name, "value": f"{item.value:.1f}× typical", "icon": icon,
+                "detail": f"{item.erase.concept.describe()}; paints more with {item.more.concept.describe()}",
+                "color": "#{:02x}{:02x}{:02x}".format(*HEAT_COLOR)}
+
+    @outputs(*CHANGED)
+    def found_action(self, state: TabState, data: Any, live: bool = True) -> dict:
+        """One click on a concept the inspector found: ``erase`` adds a layer erasing it where it is active,
+        ``more`` a layer painting more of it (its tile's edit) there."""
+        notes = Notes()
+        try:
+            data = parse_action(data, "inspector", FOUND_ACTIONS)
+            if data.get("token") != state.found_token:
+                raise PaintError(f"inspector: 'token' is {data.get('token')!r} but the concepts shown now are "
+                                 f"{state.found_token!r}: click the image again")
+            item = state.found[index_of(data, "inspector", len(state.found))]
+            if data.get("name") != item.name:
+                raise PaintError(f"inspector: 'name' is {data.get('name')!r}; the concept there is {item.name!r}")
+        except PaintError as exc:
+            notes.warn(f"{exc}. The layers are kept.")
+            return {"status": notes.text()}
+        if data["action"] == "erase":
+            layer = self.new_layer(state, item.erase.concept, f"erase {item.name}", mask=item.region, mode="erase")
+            notes.info(f"New layer '{layer.name}': {item.name} erased where it is active.")
+        else:
+            layer = self.new_layer(state, item.more.concept, f"more {item.name}", mask=item.region)
+            self._follow_recipe(state, layer, item.more, notes)
+            notes.info(f"New layer '{layer.name}': more {item.name} where it is active.")
+        state.changed()
+        return {**self.repaint(state, notes, live), "editor": self.editor(state), **self.panel(state)}
 
     @outputs("state", "heat", "inspect_info", "status")
     def show_heat(self, state: TabState, row: Any) -> dict:

@@ -21,6 +21,7 @@ from . import state as tab
 from .outputs import CHANGED, EDITED, REPAINTED, Notes, outputs
 from .state import TabState
 from .views import Views
+from .widgets import STACK_ACTIONS, amount_of, parse_action
 
 
 def file_path(value: Any) -> str:
@@ -31,7 +32,7 @@ def file_path(value: Any) -> str:
 
 
 class LayerHandlers(Views):
-    @outputs(*REPAINTED, "editor")
+    @outputs(*REPAINTED, "editor", "stack")
     def canvas_edit(self, state: TabState, data: Any, live: bool = True) -> dict:
         """A stroke, an undo or a drag landed on the canvas: store the layer's new mask or offset and repaint.
 
@@ -56,6 +57,7 @@ class LayerHandlers(Views):
                        "layer), then paint." if edit.layer is None else
                        "That layer was deleted before the edit arrived; the edit was dropped.")
             return {"status": notes.text(), "editor": self.editor(state)}
+        was_empty = layer.is_empty()
         if edit.kind == "move":
             if tuple(edit.offset) == tuple(layer.offset):
                 return {}
@@ -67,7 +69,9 @@ class LayerHandlers(Views):
             if layer.is_empty():
                 notes.warn(f"Layer '{layer.name}' has nothing painted now, so it acts nowhere.")
         state.changed()
-        return self.repaint(state, notes, live)
+        result = self.repaint(state, notes, live)
+        # the stack says which layers have nothing painted: sent again only when that changed
+        return {**result, "stack": self.stack(state)} if layer.is_empty() != was_empty else result
 
     @outputs(*EDITED)
     def add_layer(self, state: TabState) -> dict:
@@ -90,9 +94,42 @@ class LayerHandlers(Views):
         return self.edited(state, notes)
 
     @outputs(*CHANGED)
-    def delete_layer(self, state: TabState, live: bool = True) -> dict:
+    def stack_action(self, state: TabState, data: Any, live: bool = True) -> dict:
+        """A click in the layer stack: select a layer, switch it on or off (its eye), set how much of it acts
+        (its amount, 0..100%), or delete it."""
         notes = Notes()
-        layer = tab.delete_active(state)
+        try:
+            data = parse_action(data, "layer stack", STACK_ACTIONS)
+            uid = data.get("layer")
+            layer = state.layer_by_uid(uid) if isinstance(uid, str) else None
+            if layer is None:
+                raise PaintError(f"layer stack: 'layer' is {uid!r}; allowed: the id of one of the "
+                                 f"{len(state.layers)} layers shown (it may have been deleted meanwhile)")
+            action = data["action"]
+            if action == "eye" and not isinstance(data.get("on"), bool):
+                raise PaintError(f"layer stack: 'on' is {data.get('on')!r}; allowed: true or false")
+            amount = amount_of(data, "layer stack") if action == "amount" else None
+        except PaintError as exc:
+            notes.warn(f"{exc}. The layers are kept.")
+            return {"status": notes.text(), "stack": self.stack(state)}
+        index = next(i for i, other in enumerate(state.layers) if other is layer)
+        if action == "select":
+            return self.select_layer(state, index)
+        if action == "delete":
+            return self.delete_layer(state, live, index)
+        if action == "eye":
+            notes.info(f"Layer '{layer.name}' is {'on' if data['on'] else 'off'}.")
+            return self._change_layer(state, notes, live, lambda target: tab.set_field(target, "enabled", data["on"]),
+                                      reload_editor=True, layer=layer)
+        notes.info(f"Layer '{layer.name}' acts at {100 * amount:.0f}%.")
+        return self._change_layer(state, notes, live, lambda target: tab.set_field(target, "amount", amount),
+                                  layer=layer)
+
+    @outputs(*CHANGED)
+    def delete_layer(self, state: TabState, live: bool = True, index: int | None = None) -> dict:
+        """Delete layer ``index`` (default the active one)."""
+        notes = Notes()
+        layer = tab.delete_layer(state, state.active if index is None else index)
         if layer is None:
             notes.warn("There is no layer to delete.")
             return {"status": notes.text()}
@@ -113,9 +150,10 @@ class LayerHandlers(Views):
 
     @outputs(*CHANGED)
     def _change_layer(self, state: TabState, notes: Notes, live: bool, change: Callable[[CanvasLayer], bool],
-                      reload_editor: bool = False) -> dict:
-        """Apply ``change`` to the active layer (it returns whether anything changed), then repaint."""
-        layer = state.active_layer()
+                      reload_editor: bool = False, layer: CanvasLayer | None = None) -> dict:
+        """Apply ``change`` to ``layer`` (default the active one; it returns whether anything changed), then
+        repaint."""
+        layer = layer if layer is not None else state.active_layer()
         if layer is None:
             notes.warn("There is no active layer: click a concept in the palette to make one.")
             return {"status": notes.text(), **self.panel(state)}

@@ -26,7 +26,7 @@ OUTPUT_TARGET = 320  # the shown image is enlarged to at least this many pixels 
 
 # Output groups several handlers share (names of components in ``layout.build_app``).
 SETTINGS = ("prompt", "negative", "seed", "steps", "guidance", "width", "height")
-PANEL = ("layer_select", "layer_info", "mode", "strength", "step_start", "step_end", "enabled")
+PANEL = ("stack", "layer_info", "mode", "strength", "step_start", "step_end")
 EDITED = ("state", "editor", *PANEL, "status")  # the layer list or the active layer changed
 REPAINTED = ("state", "output", "timing", "status", "layer_info")  # the image was made again
 CHANGED = (*EDITED, "output", "timing")  # a layer changed and the image may follow: all a tab shows of it

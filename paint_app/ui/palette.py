@@ -128,6 +128,12 @@ class PaletteHandlers(Views):
         except (PaintError, SAEError) as exc:
             notes.warn(str(exc))
             return {"status": notes.text()}
+        return self.paint_choice(state, chosen, notes, live)
+
+    @outputs(*CHANGED)
+    def paint_choice(self, state: TabState, chosen: Choice, notes: Notes, live: bool = True) -> dict:
+        """The active layer paints ``chosen`` with its recipe (mode, strength, steps) where it has one; a new layer
+        if there is none."""
         state.selected = chosen
         if state.active_layer() is None:
             layer = self.new_layer(state, chosen.concept, chosen.label)

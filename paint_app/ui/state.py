@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -18,6 +19,19 @@ from ..canvas import CanvasLayer
 from ..explore import FeatureMaps
 from ..painting import Choice, Concept, Painting, quantize_mask
 from ..session import Session
+
+
+@dataclass(eq=False)
+class Found:
+    """A concept the inspector found at a point: erasing it erases ``erase`` (the feature there), painting more
+    of it paints ``more`` (its tile's edit), both over ``region`` (where it is active)."""
+
+    name: str
+    value: float  # its value at the point, as a multiple of its typical value
+    erase: Choice
+    more: Choice
+    region: np.ndarray
+    tile: Any = None  # the concept's tile (``concepts.Tile``), if it has one
 
 
 @dataclass
@@ -35,6 +49,11 @@ class TabState:
     maps_key: str | None = None
     maps: FeatureMaps | None = None
     keep_outside: bool = True  # outside every painted area, keep the plain image's latents
+    tiles: list[Any] = field(default_factory=list)  # the concept tiles shown (``concepts.Tile``), in their order
+    tiles_query: str = ""  # the words they were found by
+    tiles_token: int = 0  # names the tiles shown: a click on tiles replaced since is refused
+    found: list[Found] = field(default_factory=list)  # the inspector's concepts at the last point clicked
+    found_token: int = 0
 
     def active_layer(self) -> CanvasLayer | None:
         return self.layers[self.active] if 0 <= self.active < len(self.layers) else None
@@ -94,11 +113,17 @@ def select_layer(state: TabState, index: object) -> bool:
 
 def delete_active(state: TabState) -> CanvasLayer | None:
     """Remove the active layer (the next one, else the one before, becomes active); returns it, or None."""
-    layer = state.active_layer()
-    if layer is None:
+    return delete_layer(state, state.active)
+
+
+def delete_layer(state: TabState, index: int) -> CanvasLayer | None:
+    """Remove layer ``index``; the active layer stays active (if it was this one: the next, else the one before).
+    Returns the layer, or None if there is no such layer."""
+    if not 0 <= index < len(state.layers):
         return None
-    del state.layers[state.active]
-    state.active = min(state.active, len(state.layers) - 1)
+    layer = state.layers.pop(index)
+    if index < state.active or state.active >= len(state.layers):
+        state.active -= 1
     return layer
 
 
@@ -154,12 +179,12 @@ def reset_offset(layer: CanvasLayer) -> bool:
 
 
 def set_field(layer: CanvasLayer, name: str, value: object) -> bool:
-    """Set one of the layer's settings (mode, strength, step_range, enabled); whether it changed."""
+    """Set one of the layer's settings (mode, strength, step_range, enabled, amount); whether it changed."""
     changed = getattr(layer, name) != value
     setattr(layer, name, value)
     return changed
 
 
-__all__ = ["TabState", "add_layer", "clear_layer", "delete_active", "drop_step_ranges_past", "fitting_step_range",
+__all__ = ["Found", "TabState", "add_layer", "clear_layer", "delete_active", "delete_layer", "drop_step_ranges_past", "fitting_step_range",
            "new_tab_state", "nudge_layer", "painting", "place_layer", "rename_layer", "reset_offset", "resize_layers",
            "select_layer", "set_field", "unique_name"]

@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
 import numpy as np
 
 from .. import web_canvas
@@ -20,6 +19,7 @@ from ..session import Session
 from . import state as tab
 from .outputs import CHANGED, EDITED, PANEL, SETTINGS, Notes, outputs
 from .state import TabState
+from .widgets import stack_value, tile_grid_value
 
 DEFAULT_PROMPT = "a red circle on grass"
 ACTIVE_COLOR = "#ff2d95"
@@ -67,28 +67,47 @@ class Views:
     def editor(self, state: TabState) -> dict:
         """The canvas's value: sent only when the canvas must change (a layer switch, a new image, a move)."""
         width, height = self.size(state)
-        hint = "" if state.active_layer() else "No layer yet: pick a concept in the palette, then paint."
+        hint = "" if state.active_layer() else "No layer yet: click a concept tile, then paint."
         return web_canvas.canvas_value(state.base, state.layers, state.active, width, height, ACTIVE_COLOR, hint)
 
-    @outputs(*PANEL)
-    def panel(self, state: TabState) -> dict:
-        """The layer panel: the layer list and the active layer's settings."""
-        choices = [(f"{i + 1}. {layer.name}", i) for i, layer in enumerate(state.layers)]
+    def stack(self, state: TabState) -> dict:
+        """The layer stack's value: each layer with its concept's picture where one was made, else its colour."""
+        icons = [self.cache.icon_of(layer.concept) for layer in state.layers]
+        return stack_value(state.layers, state.active, icons)
+
+    def tile_grid(self, state: TabState, empty: str = "") -> dict:
+        """The tile grid's value: the tiles shown, with the pictures made so far."""
+        icons = [self.cache.cached_icon(tile) if tile.paintable else None for tile in state.tiles]
+        return tile_grid_value(state.tiles, icons, state.tiles_token, state.tiles_query, empty)
+
+    def find_tiles_for(self, state: TabState, words: str) -> list:
+        """The concept tiles for ``words`` (all with none), the user's own concepts among them; they become the
+        tiles shown."""
+        tiles = list(self.engine.concepts.tiles(words, custom=state.custom, profile=self.profile))
+        state.tiles, state.tiles_query, state.tiles_token = tiles, words, state.tiles_token + 1
+        return tiles
+
+    def layer_info(self, state: TabState) -> str:
+        """One line on the active layer: its name, concept (block and feature or factor), offset and state."""
         layer = state.active_layer()
         if layer is None:
-            return {"layer_select": gr.update(choices=choices, value=None),
-                    "layer_info": "No layer yet: click a concept in the palette to paint with it.",
-                    "mode": "add", "strength": self.profile.layer_strength, "step_start": None, "step_end": None,
-                    "enabled": True}
-        start, end = layer.step_range or (None, None)
-        how = MODES.get(layer.mode)  # the panel says what a mode that does not use the strength does instead
-        info = (f"**{layer.name}** — {layer.concept.describe()}; "
+            return "No layer yet: click a concept tile to paint with it."
+        how = MODES.get(layer.mode)  # the line says what a mode that does not use the strength does instead
+        return (f"**{layer.name}** — {layer.concept.describe()}; "
                 f"offset ({layer.offset[0]}, {layer.offset[1]}) px"
                 + ("; **nothing painted yet**" if layer.is_empty() else "")
                 + (f"; {how.summary}" if how is not None and not how.uses_strength else ""))
-        return {"layer_select": gr.update(choices=choices, value=state.active), "layer_info": info,
-                "mode": layer.mode, "strength": layer.strength, "step_start": start, "step_end": end,
-                "enabled": layer.enabled}
+
+    @outputs(*PANEL)
+    def panel(self, state: TabState) -> dict:
+        """The layer panel: the layer stack and the active layer's settings (under Advanced)."""
+        layer = state.active_layer()
+        if layer is None:
+            return {"stack": self.stack(state), "layer_info": self.layer_info(state), "mode": "add",
+                    "strength": self.profile.layer_strength, "step_start": None, "step_end": None}
+        start, end = layer.step_range or (None, None)
+        return {"stack": self.stack(state), "layer_info": self.layer_info(state), "mode": layer.mode,
+                "strength": layer.strength, "step_start": start, "step_end": end}
 
     @outputs(*EDITED)
     def edited(self, state: TabState, notes: Notes) -> dict:

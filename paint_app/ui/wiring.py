@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from .handlers import PaintApp
-from .outputs import declared, guarded, ordered
+from .outputs import check_declared, declared, guarded, ordered
 
 Trigger = str | tuple[str, Callable]  # "component.event" ("page.load"), or (a name for it, a listener)
 
@@ -52,7 +52,7 @@ class Wiring:
             if live:
                 args[-1] = not args[-1]
             args[1:1] = bind
-            return ordered({**dict.fromkeys(reset), **guarded(call, *args, names=handled)}, names)
+            return shaped({**dict.fromkeys(reset), **guarded(call, *args, names=handled)}, names)
 
         return self.listen(trigger, name, handler, inputs, names, engine, **options)
 
@@ -61,8 +61,26 @@ class Wiring:
         """Wire a handler that reads the event's data: ``adapt(run)`` is the function gradio calls (with the
         values of ``inputs`` and the event), which calls ``run`` with the handler's arguments."""
         call, names = self.call(name), self.outputs_of(name)
-        fn = adapt(lambda *args: ordered(guarded(call, *args, names=names), names))
+        fn = adapt(lambda *args: shaped(guarded(call, *args, names=names), names))
         return self.listen(trigger, name, fn, inputs, names, True, **options)
+
+    def stream(self, name: str, inputs: list[str], engine: bool = True) -> tuple[Callable, list, list]:
+        """A generator handler's (function, inputs, outputs) for ``then``, each yielded result checked against its
+        declaration (``@outputs``) like a handler's, and recorded as the event ``<name>.stream``."""
+        call, names = self.call(name, engine), self.outputs_of(name)
+
+        def handler(*args):
+            try:
+                for result in call(*args):
+                    yield shaped(check_declared(result, names, name), names)
+            except Exception as exc:  # noqa: BLE001 - as ``guarded``: a warning, never a dead page
+                yield shaped(guarded(_raise, exc, names=names), names)
+
+        missing = [n for n in (*inputs, *names) if n not in self.C]
+        if missing:
+            raise KeyError(f"handler {name} is wired to {missing}, which the page has no component for")
+        self.events.append(Wired(f"{name}.stream", name, names, handler))
+        return handler, [self.C[n] for n in inputs], [self.C[n] for n in names]
 
     def listen(self, trigger: Trigger, name: str, fn: Callable, inputs: list[str], names: tuple[str, ...],
                engine: bool, **options):
@@ -78,6 +96,16 @@ class Wiring:
         options = {**({"concurrency_id": "engine", "concurrency_limit": 1} if engine else {}),
                    "show_progress": "minimal", **options}
         return listener(fn, inputs=[self.C[n] for n in inputs], outputs=[self.C[n] for n in names], **options)
+
+
+def shaped(result: dict, names: tuple[str, ...]) -> Any:
+    """``ordered``, as gradio takes it: the one value itself for an event with one output, else the list."""
+    values = ordered(result, names)
+    return values[0] if len(names) == 1 else values
+
+
+def _raise(exc: Exception) -> None:
+    raise exc
 
 
 __all__ = ["Trigger", "Wired", "Wiring"]

@@ -28,6 +28,7 @@ function rgb(hex) {
 
 function setTool(tool) {
   S.tool = tool;
+  root.dataset.current = tool;
   element.querySelectorAll("[data-tool]").forEach((b) => b.classList.toggle("pc-on", b.dataset.tool === tool));
   view.style.cursor = tool === "move" ? "move" : "crosshair";
 }
@@ -148,14 +149,48 @@ function finish(event, cancelled) {
 view.addEventListener("pointerup", (event) => finish(event, false));
 view.addEventListener("pointercancel", (event) => finish(event, true));
 
-element.querySelectorAll("[data-tool]").forEach((b) => b.addEventListener("click", () => setTool(b.dataset.tool)));
-element.querySelector(".pc-undo").addEventListener("click", () => {
+function undoStroke() {
   if (!undo.length) return;
   mctx.putImageData(undo.pop(), 0, 0);
   refreshTint();
   draw();
   send("stroke");
-});
+}
+
+function resize(step) {
+  const value = Math.min(Number(sizeInput.max), Math.max(Number(sizeInput.min), Number(sizeInput.value) + step));
+  sizeInput.value = String(value);
+  root.dataset.size = String(value);
+}
+
+element.querySelectorAll("[data-tool]").forEach((b) => b.addEventListener("click", () => setTool(b.dataset.tool)));
+element.querySelector(".pc-undo").addEventListener("click", undoStroke);
+sizeInput.addEventListener("input", () => { root.dataset.size = sizeInput.value; });
+
+// Keys, anywhere on the page but never while typing in a text box: B brush, E eraser, M move, Ctrl/Cmd+Z undo,
+// [ and ] brush size. One listener per page, replaced when the canvas loads again.
+function typing(target) {
+  if (!target || !target.closest) return false;
+  return Boolean(target.closest("input:not([type=range]):not([type=checkbox]):not([type=radio]), textarea, select, [contenteditable=''], [contenteditable=true]"));
+}
+
+function onKey(event) {
+  if (event.defaultPrevented || typing(event.target) || event.altKey || !S.w) return;
+  const key = event.key.toLowerCase();
+  if ((event.ctrlKey || event.metaKey) && !event.shiftKey && key === "z") {
+    event.preventDefault();
+    undoStroke();
+    return;
+  }
+  if (event.ctrlKey || event.metaKey) return;
+  const tools = { b: "brush", e: "eraser", m: "move" };
+  if (tools[key]) { setTool(tools[key]); event.preventDefault(); }
+  else if (event.key === "[") { resize(-1); event.preventDefault(); }
+  else if (event.key === "]") { resize(1); event.preventDefault(); }
+}
+if (window.__paintCanvasKeys) document.removeEventListener("keydown", window.__paintCanvasKeys);
+window.__paintCanvasKeys = onKey;
+document.addEventListener("keydown", onKey);
 
 function loadImage(src) {
   return new Promise((resolve) => {
@@ -184,6 +219,7 @@ async function show() {
     sizeInput.max = String(Math.max(4, Math.round(Math.max(S.w, S.h) / 3)));
     sizeInput.value = String(Math.max(2, Math.round(Math.max(S.w, S.h) / 12)));
     sizeInput.dataset.set = "1";
+    root.dataset.size = sizeInput.value;
   }
   mctx.imageSmoothingEnabled = false;
   mctx.fillStyle = "#000";

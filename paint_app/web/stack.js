@@ -1,0 +1,72 @@
+// The layer stack (a gr.HTML; paint_app/ui/widgets.py builds the value it shows and reads the actions it sends).
+// Per layer: its picture or colour, its name, an eye, an amount slider (0..100%: how much of it acts) and a delete
+// button. It sends {action: "select" | "eye" | "amount" | "delete", layer: id, on?: bool, value?: 0..100}; the
+// amount goes when the slider is released (its label follows while dragging).
+const root = element.querySelector(".ps-root");
+const rows = root.querySelector(".ps-rows");
+const empty = root.querySelector(".ps-empty");
+
+function send(data) { trigger("input", data); }
+
+function button(cls, text, title, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = cls;
+  b.textContent = text;
+  b.title = title;
+  b.addEventListener("click", (event) => { event.stopPropagation(); onClick(); });
+  return b;
+}
+
+function build(layer) {
+  const row = document.createElement("div");
+  row.className = "ps-row" + (layer.active ? " ps-active" : "") + (layer.enabled ? "" : " ps-hidden");
+  row.setAttribute("role", "listitem");
+  row.dataset.layer = layer.id;
+  row.dataset.name = layer.name;
+  const pic = document.createElement(layer.icon ? "img" : "div");
+  pic.className = "ps-pic";
+  if (layer.icon) pic.src = layer.icon;
+  pic.style.borderColor = layer.color;
+  pic.style.background = layer.icon ? "" : layer.color;
+  const name = document.createElement("span");
+  name.className = "ps-name";
+  name.textContent = layer.name;
+  name.title = layer.detail;
+  const eye = button("ps-eye" + (layer.enabled ? "" : " ps-off"), layer.enabled ? "on" : "off",
+                     layer.enabled ? "Switch this layer off" : "Switch this layer on",
+                     () => send({ action: "eye", layer: layer.id, on: !layer.enabled }));
+  const del = button("ps-delete", "✕", "Delete this layer", () => send({ action: "delete", layer: layer.id }));
+  const amount = document.createElement("label");
+  amount.className = "ps-amount";
+  amount.addEventListener("click", (event) => event.stopPropagation());
+  const slider = document.createElement("input");
+  slider.type = "range"; slider.min = "0"; slider.max = "100"; slider.step = "5";
+  slider.value = String(layer.amount);
+  slider.title = "How much of this layer acts";
+  const shown = document.createElement("span");
+  shown.className = "ps-value";
+  shown.textContent = `${layer.amount}%`;
+  slider.addEventListener("input", () => { shown.textContent = `${slider.value}%`; });
+  slider.addEventListener("change", () => send({ action: "amount", layer: layer.id, value: Number(slider.value) }));
+  const sub = document.createElement("span");
+  sub.className = "ps-sub";
+  sub.textContent = layer.sub;
+  if (layer.sub) name.append(" ", sub);
+  amount.append("how much", slider, shown);
+  row.append(pic, name, eye, del, amount);
+  row.addEventListener("click", () => { if (!layer.active) send({ action: "select", layer: layer.id }); });
+  return row;
+}
+
+function render() {
+  const v = props.value || {};
+  const layers = v.layers || [];
+  rows.replaceChildren(...layers.map(build));
+  empty.textContent = layers.length ? "" : "No layer yet: click a concept tile, then paint.";
+  root.dataset.active = v.active || "";
+  root.dataset.count = String(layers.length);
+}
+
+watch("value", render);
+render();
