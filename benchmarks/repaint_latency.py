@@ -6,7 +6,12 @@ the new output image decoded. The server side records, per stroke, the time in t
 call, so the total splits into generation, the rest of the server (mask decode, layer update) and the browser plus
 transport (canvas read-out, event, queue, image download). Prints median, p90 and the shares.
 
-    python benchmarks/repaint_latency.py [--model toy] [--strokes 30] [--threads N] [--sae PATH ...]
+The painter's page makes the concept tiles' pictures in the background after it opens (one generation each,
+cached per engine); the strokes are timed once they are all made, as a person paints after the page settled.
+With ``--word``, the first concept tile for that word is picked before painting (default: the first layer the
+page opens with, as before the tiles existed).
+
+    python benchmarks/repaint_latency.py [--model toy] [--strokes 30] [--threads N] [--word WORD] [--sae PATH ...]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ WATCH_JS = """
   document.addEventListener('pointerup', () => { window.__up = performance.now(); }, true);
 }
 """
+TILES_SETTLED = '#tiles .pt-root[data-token]:not([data-token=""])[data-pending="0"]'
 WAIT_JS = """
 async (old) => {
   const deadline = performance.now() + 60000;
@@ -173,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sae", action="append", default=[], metavar="PATH")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--strokes", type=int, default=30)
+    parser.add_argument("--word", default="", help="pick the first concept tile for this word before painting")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: what `paint-app serve` picks: half the cores)")
     args = parser.parse_args(argv)
@@ -197,6 +204,18 @@ def main(argv: list[str] | None = None) -> int:
             page.goto(url)
             page.wait_for_selector("#output img")
             page.wait_for_function("() => document.querySelector('#layer-info')?.innerText.length > 0")
+            icons_started = time.perf_counter()
+            page.wait_for_selector(TILES_SETTLED, state="attached")  # the tiles' pictures, made after opening
+            icons_seconds = time.perf_counter() - icons_started
+            if args.word:
+                box = page.locator("#tile-search input")
+                box.click()
+                box.press_sequentially(args.word)
+                page.wait_for_selector(f'#tiles .pt-root[data-query="{args.word}"]', state="attached")
+                page.locator("#tiles .pt-tile .pt-pick").first.click()
+                page.wait_for_function("w => document.querySelector('#layer-info')?.innerText.startsWith(w)",
+                                       arg=args.word)
+                page.wait_for_selector(TILES_SETTLED, state="attached")
             page.locator("#canvas canvas").first.scroll_into_view_if_needed()
             page.evaluate(WATCH_JS)
             for fy in (0.03, 0.97):  # the first strokes pay for lazy set-up in the browser and the server
@@ -242,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {engine.model.name}, {settings.width}x{settings.height}, {settings.steps} steps; device "
           f"{engine.model.device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()})")
-    print(f"strokes: {len(latencies)}")
+    print(f"strokes: {len(latencies)}" + (f", painting the first tile for {args.word!r}" if args.word else
+                                          ", painting the page's first layer"))
+    print(f"tiles' pictures made after the page opened (before timing): {icons_seconds:.1f} s")
     print(f"latency  median {1000 * median:.0f} ms   p90 {1000 * percentile(latencies, 0.9):.0f} ms   "
           f"min {1000 * min(latencies):.0f} ms   max {1000 * max(latencies):.0f} ms   (target median <= 400 ms)")
     print(f"generation (pipeline call with edits): median {1000 * statistics.median(generation):.0f} ms; "
