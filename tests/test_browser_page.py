@@ -114,3 +114,27 @@ def test_a_tiles_erase_is_a_layer_of_its_own_and_deleting_it_in_the_stack(page):
     stack_row(page, "erase blue thing").locator(".ps-delete").click()
     page.wait_for_function("() => document.querySelectorAll('#stack .ps-row').length === 1")
     page.wait_for_selector(f'#stack .ps-root[data-active="{first}"]', state="attached")
+
+
+def test_the_inspector_erases_a_concept_there_or_paints_more_of_it_in_one_click(page, screenshots):
+    from test_browser import click_image
+
+    old = output_src(page)
+    stroke(page, (0.1, 0.3), (0.5, 0.6))
+    old = wait_new_output(page, old)
+    wait_text(page, "#timing", "Repainted in")
+    painted = shown_image(page)
+    click_image(page, 0.25, 0.45)
+    found = page.locator('#found .pf-tile[data-name="red thing"]')
+    found.wait_for()
+    assert "typical" in found.locator(".pf-value").inner_text()
+    found.locator(".pf-erase").click()
+    stack_row(page, "erase red thing").wait_for()
+    old = wait_new_output(page, old)
+    assert np.abs(shown_image(page).astype(int) - painted).max() > 0
+    wait_text(page, "#layer-info", "erase red thing")
+    page.locator('#found .pf-tile[data-name="red thing"] .pf-more').click()
+    stack_row(page, "more red thing").wait_for()
+    wait_new_output(page, old)
+    assert page.locator("#stack .ps-row").count() == 3
+    page.screenshot(path=screenshots / "page-inspector.png", full_page=True)

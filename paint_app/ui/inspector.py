@@ -127,8 +127,8 @@ class InspectorHandlers(Views):
             notes.info(f"New layer '{layer.name}': {item.name} erased where it is active.")
         else:
             layer = self.new_layer(state, item.more.concept, f"more {item.name}", mask=item.region)
-            self._follow_recipe(state, layer, item.more, notes)
             notes.info(f"New layer '{layer.name}': more {item.name} where it is active.")
+            self._follow_recipe(state, layer, item.more, notes)
         state.changed()
         return {**self.repaint(state, notes, live), "editor": self.editor(state), **self.panel(state)}
 

@@ -53,7 +53,7 @@ class LayerHandlers(Views):
             return {"status": notes.text(), "editor": self.editor(state)}
         layer = state.layer_by_uid(edit.layer)
         if layer is None:
-            notes.warn("There is no layer to paint on: click a concept in the palette first (it becomes a "
+            notes.warn("There is no layer to paint on: click a concept tile first (it becomes a "
                        "layer), then paint." if edit.layer is None else
                        "That layer was deleted before the edit arrived; the edit was dropped.")
             return {"status": notes.text(), "editor": self.editor(state)}
@@ -155,7 +155,7 @@ class LayerHandlers(Views):
         repaint."""
         layer = layer if layer is not None else state.active_layer()
         if layer is None:
-            notes.warn("There is no active layer: click a concept in the palette to make one.")
+            notes.warn("There is no active layer: click a concept tile to make one.")
             return {"status": notes.text(), **self.panel(state)}
         if not change(layer):
             # a refused value: show the kept one again in the panel

@@ -32,7 +32,8 @@ from .wiring import Wired, Wiring
 
 CSS = """
 #output img, #heat img, #preview img, #examples img { image-rendering: pixelated; }
-#status { min-height: 1.4em; }
+#status { height: 2.7em; overflow-y: auto; font-size: 0.85em; }  /* fixed: the canvas never moves under the brush */
+#status p { margin: 0 0 0.2em; }
 #title h1 { font-size: 1.25em; margin: 0; }
 #title p { margin: 0; font-size: 0.85em; color: #666; }
 #canvas-col, #image-col { min-width: 290px; max-width: 310px; }
