@@ -65,7 +65,7 @@ def test_pictures_are_made_lazily_streamed_and_cached(app, state):
     grid = app.find_tiles(state, "thing")["tiles"]
     assert grid["pending"] == 2 and all(tile["icon"] is None for tile in grid["tiles"])  # names first
     streamed = app.fill_icons(state)
-    assert streamed and streamed[-1]["tiles"]["pending"] == 0
+    assert streamed and streamed[-1]["tiles"]["pending"] == 0 and "stack" in streamed[-1]  # layers show them too
     icons = [tile["icon"] for tile in streamed[-1]["tiles"]["tiles"]]
     assert all(icon.startswith("data:image/png;base64,") for icon in icons)
     assert app.fill_icons(state) == [{}]  # made once per engine: nothing left to make

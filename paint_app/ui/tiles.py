@@ -56,10 +56,11 @@ class TileHandlers(Views):
                        "on the active layer.")
         return {"state": state, "tiles": self.tile_grid(state, empty), "status": notes.text()}
 
-    @outputs("tiles")
+    @outputs("tiles", "stack")
     def fill_icons(self, state: TabState) -> Iterator[dict]:
         """Make the missing pictures of the shown tiles, sending the grid every ``STREAM_EVERY`` seconds and at the
-        end; stops early when other tiles are shown meanwhile (their own fill follows)."""
+        end (then with the layer stack, whose layers show their concepts' pictures); stops early when other tiles
+        are shown meanwhile (their own fill follows)."""
         token = state.tiles_token
         missing = [tile for tile in state.tiles if tile.paintable and self.cache.cached_icon(tile) is None
                    and icon_key(tile.choice) not in self.icon_errors]
@@ -75,10 +76,11 @@ class TileHandlers(Views):
             except (PaintError, SAEError) as exc:
                 self.icon_errors[icon_key(tile.choice)] = str(exc)
                 log.warning("no picture for the tile %r: %s", tile.name, exc)
-            if i == len(missing) - 1 or time.perf_counter() - sent >= STREAM_EVERY:
+            last = i == len(missing) - 1
+            if last or time.perf_counter() - sent >= STREAM_EVERY:
                 sent = time.perf_counter()
                 if state.tiles_token == token:
-                    yield {"tiles": self.tile_grid(state)}
+                    yield {"tiles": self.tile_grid(state), **({"stack": self.stack(state)} if last else {})}
 
     def shown_tile(self, state: TabState, data: Any) -> tuple[str, Any]:
         """The action and the tile a click on the grid names; an error names the field."""
