@@ -61,6 +61,28 @@ def toy(request):
 
 
 @pytest.fixture(scope="module")
+def app(tiny_engine, tmp_path_factory):
+    """The page's handlers on tiny-random-sd, each checked against its declared outputs at every call."""
+    from helpers import checking
+
+    from paint_app.ui import PaintApp
+
+    return checking(PaintApp(tiny_engine, tmp_path_factory.mktemp("ui-sessions")))
+
+
+@pytest.fixture
+def state(app):
+    """A started tab: its first image and first layer."""
+    import warnings
+
+    state = app.new_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app.start(state)
+    return state
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread while a module runs: on a small, busy machine two threads spinning at every barrier
     can make a tiny generation a hundred times slower; one thread keeps it at a tenth of a second."""

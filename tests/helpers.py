@@ -44,3 +44,24 @@ def tiny_sae_folder(tmp_path: Path, block: str = "down_blocks.0.attentions.0", c
     folder = tmp_path / block
     return save_sae(folder, make_sae(channels, n_features, block=block, **kwargs),
                     labels={0: "red thing", 1: "blue thing", 2: "striped"}, n_factors=3)
+
+
+def checking(app):
+    """``app`` with every handler that declares its outputs (``@outputs``) checked at each call: a key it returns
+    (or yields, for a streaming handler) that its declaration lacks raises ``UndeclaredOutput`` (so every test here
+    checks the declarations too). A streaming handler's results come back as a list."""
+    import inspect
+
+    from paint_app.ui.outputs import check_declared, declared_handlers
+
+    for name, names in declared_handlers(type(app)).items():
+        method = getattr(app, name)
+
+        def checked(*args, _method=method, _names=names, _name=name, **kwargs):
+            if inspect.isgeneratorfunction(_method):
+                return [check_declared(result, _names, _name) for result in _method(*args, **kwargs)]
+            return check_declared(_method(*args, **kwargs), _names, _name)
+
+        checked.__name__ = name
+        setattr(app, name, checked)
+    return app

@@ -280,9 +280,6 @@ def test_an_empty_prompt_paints_the_picked_concept(chromium, toy_server, screens
 def test_the_page_fits_a_1366x768_screen(chromium, toy_server, screenshots):
     """Canvas, image and concept tiles (with their pictures) inside the viewport without scrolling; the screenshot
     after painting the first tile for 'striped' is the README's picture of the page."""
-    import shutil
-
-    from conftest import REPO
 
     page = open_page(chromium, toy_server, layer_text="blue", viewport={"width": 1366, "height": 768})
     try:
@@ -304,4 +301,3 @@ def test_the_page_fits_a_1366x768_screen(chromium, toy_server, screenshots):
         page.screenshot(path=path)
     finally:
         page.context.close()
-    shutil.copyfile(path, REPO / "docs" / "images" / "app.png")

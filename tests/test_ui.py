@@ -16,45 +16,11 @@ from paint_app import web_canvas
 from paint_app.painting import Choice, Concept
 from paint_app.session import Session
 from paint_app.ui import PaintApp, TabState, build_app
-from paint_app.ui.outputs import check_declared, declared_handlers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BLOCK = "down_blocks.0.attentions.0"
 MID = "mid_block.attentions.0"
-
-
-def checking(app: PaintApp) -> PaintApp:
-    """``app`` with every handler that declares its outputs (``@outputs``) checked at each call: a key it returns
-    (or yields, for a streaming handler) that its declaration lacks raises ``UndeclaredOutput`` (so every test here
-    checks the declarations too). A streaming handler's results come back as a list."""
-    import inspect
-
-    for name, names in declared_handlers(type(app)).items():
-        method = getattr(app, name)
-
-        def checked(*args, _method=method, _names=names, _name=name, **kwargs):
-            if inspect.isgeneratorfunction(_method):
-                return [check_declared(result, _names, _name) for result in _method(*args, **kwargs)]
-            return check_declared(_method(*args, **kwargs), _names, _name)
-
-        checked.__name__ = name
-        setattr(app, name, checked)
-    return app
-
-
-@pytest.fixture(scope="module")
-def app(tiny_engine, tmp_path_factory) -> PaintApp:
-    return checking(PaintApp(tiny_engine, tmp_path_factory.mktemp("ui-sessions")))
-
-
-@pytest.fixture
-def state(app) -> TabState:
-    state = app.new_state()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        app.start(state)
-    return state
 
 
 def canvas_mask(value: dict) -> np.ndarray:

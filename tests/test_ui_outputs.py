@@ -13,8 +13,9 @@ import warnings
 import gradio as gr
 import numpy as np
 import pytest
+from helpers import checking
 from PIL import Image
-from test_ui import BLOCK, MID, checking, stroke_value
+from test_ui import BLOCK, MID, stroke_value
 
 from paint_app.ui import PaintApp, UndeclaredOutput, build_app, outputs
 from paint_app.ui.outputs import check_declared, declared, declared_handlers, guarded, ordered

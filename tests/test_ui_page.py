@@ -8,26 +8,12 @@ import warnings
 
 import numpy as np
 import pytest
-from test_ui import BLOCK, MID, checking, painted, pixels
+from test_ui import BLOCK, MID, painted, pixels
 
 from paint_app.painting import Choice, Concept
-from paint_app.ui import PaintApp, TabState
+from paint_app.ui import TabState
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def app(tiny_engine, tmp_path_factory) -> PaintApp:
-    return checking(PaintApp(tiny_engine, tmp_path_factory.mktemp("page-sessions")))
-
-
-@pytest.fixture
-def state(app) -> TabState:
-    state = app.new_state()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        app.start(state)
-    return state
 
 
 def click(state: TabState, name: str, action: str = "pick") -> dict:

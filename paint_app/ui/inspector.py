@@ -23,7 +23,7 @@ from ..painting import Choice, Concept, Recipe, quantize_mask
 from .outputs import CHANGED, Notes, outputs
 from .state import Found, TabState
 from .views import Views
-from .widgets import FOUND_ACTIONS, found_value, index_of, parse_action
+from .widgets import FOUND_ACTIONS, clicked, found_value
 
 INSPECT_HEADERS = ["block", "feature", "label", "value", "x typical"]
 FACTOR_HEADERS = ["block", "factor", "label", "value"]
@@ -112,17 +112,12 @@ class InspectorHandlers(Views):
         ``more`` a layer painting more of it (its tile's edit) there."""
         notes = Notes()
         try:
-            data = parse_action(data, "inspector", FOUND_ACTIONS)
-            if data.get("token") != state.found_token:
-                raise PaintError(f"inspector: 'token' is {data.get('token')!r} but the concepts shown now are "
-                                 f"{state.found_token!r}: click the image again")
-            item = state.found[index_of(data, "inspector", len(state.found))]
-            if data.get("name") != item.name:
-                raise PaintError(f"inspector: 'name' is {data.get('name')!r}; the concept there is {item.name!r}")
+            action, item = clicked(data, "inspector", FOUND_ACTIONS, state.found_token, state.found, "concepts",
+                                   "click the image again")
         except PaintError as exc:
             notes.warn(f"{exc}. The layers are kept.")
             return {"status": notes.text()}
-        if data["action"] == "erase":
+        if action == "erase":
             layer = self.new_layer(state, item.erase.concept, f"erase {item.name}", mask=item.region, mode="erase")
             notes.info(f"New layer '{layer.name}': {item.name} erased where it is active.")
         else:

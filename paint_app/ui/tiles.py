@@ -23,7 +23,7 @@ from ..painting import Choice, Recipe
 from .outputs import CHANGED, Notes, outputs
 from .state import TabState
 from .views import Views
-from .widgets import TILE_ACTIONS, index_of, parse_action
+from .widgets import TILE_ACTIONS, clicked
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,8 @@ class TileHandlers(Views):
 
     def shown_tile(self, state: TabState, data: Any) -> tuple[str, Any]:
         """The action and the tile a click on the grid names; an error names the field."""
-        data = parse_action(data, "concept tile", TILE_ACTIONS)
-        if data.get("token") != state.tiles_token:
-            raise PaintError(f"concept tile: 'token' is {data.get('token')!r} but the tiles shown now are "
-                             f"{state.tiles_token!r}: the tiles changed since; click the tile again")
-        tile = state.tiles[index_of(data, "concept tile", len(state.tiles))]
-        if data.get("name") != tile.name:
-            raise PaintError(f"concept tile: 'name' is {data.get('name')!r}; the tile there is {tile.name!r}")
-        return data["action"], tile
+        return clicked(data, "concept tile", TILE_ACTIONS, state.tiles_token, state.tiles, "tiles",
+                       "the tiles changed since; click the tile again")
 
     def tile_choice(self, tile: Any) -> Choice:
         """What a pick of ``tile`` paints: its choice, with the model's layer defaults as an ``add`` if it carries

@@ -94,6 +94,20 @@ def index_of(data: dict, where: str, count: int) -> int:
     return int(number)
 
 
+def clicked(data: Any, where: str, actions: Sequence[str], token: Any, items: Sequence[Any], shown: str,
+            again: str) -> tuple[str, Any]:
+    """The action and the item a click on a list of shown items names (tiles, the inspector's concepts), checked
+    against what is shown now: the list's ``token``, the item's ``index`` and its ``name``. An error names the
+    component and the field; ``shown`` names the items ("tiles"), ``again`` says what to do."""
+    data = parse_action(data, where, actions)
+    if data.get("token") != token:
+        raise PaintError(f"{where}: 'token' is {data.get('token')!r} but the {shown} shown now are {token!r}: {again}")
+    item = items[index_of(data, where, len(items))]
+    if data.get("name") != item.name:
+        raise PaintError(f"{where}: 'name' is {data.get('name')!r}; the {shown[:-1]} there is {item.name!r}")
+    return data["action"], item
+
+
 def amount_of(data: dict, where: str) -> float:
     """The stack's ``value``: a percentage 0..100 -> an amount 0..1."""
     value = data.get("value")
@@ -104,4 +118,4 @@ def amount_of(data: dict, where: str) -> float:
 
 
 __all__ = ["FOUND_ACTIONS", "STACK_ACTIONS", "TILE_ACTIONS", "amount_of", "found_value", "html_parts", "icon_url",
-           "index_of", "parse_action", "stack_value", "tile_grid_value"]
+           "clicked", "index_of", "parse_action", "stack_value", "tile_grid_value"]
