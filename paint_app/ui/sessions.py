@@ -68,22 +68,21 @@ class SessionHandlers(Views):
     @outputs("session_download", "status")
     def download_session(self, state: TabState) -> dict:
         """A click on "Download session": the file the page then hands to the browser."""
-        path = self.session_file(state)
-        if path is None:
-            notes = Notes()
-            notes.warn("There is no image yet: press Generate first; then the session can be downloaded.")
-            return {"session_download": None, "status": notes.text()}
-        return {"session_download": path}
+        return self._download(self.session_file(state), "session_download", "session")
 
     @outputs("image_download", "status")
     def download_image(self, state: TabState) -> dict:
         """A click on "Download image": the image at its own size, which the page hands to the browser."""
-        path = self.image_file(state)
-        if path is None:
-            notes = Notes()
-            notes.warn("There is no image yet: press Generate first; then the image can be downloaded.")
-            return {"image_download": None, "status": notes.text()}
-        return {"image_download": path}
+        return self._download(self.image_file(state), "image_download", "image")
+
+    @staticmethod
+    def _download(path: str | None, output: str, what: str) -> dict:
+        """The file for the download box ``output``; before the first image, none and a warning."""
+        if path is not None:
+            return {output: path}
+        notes = Notes()
+        notes.warn(f"There is no image yet: press Generate first; then the {what} can be downloaded.")
+        return {output: None, "status": notes.text()}
 
     @outputs(*CHANGED, *SETTINGS, "prompt_notes", "keep_outside")
     def load_session_file(self, state: TabState, path: Any) -> dict:
