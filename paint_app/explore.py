@@ -211,18 +211,16 @@ def everywhere(settings: Painting, concept: Concept, strength: float) -> Paintin
     return replace(settings, layers=[Layer(concept, mask, name="preview", strength=strength)])
 
 
-def icon_painting(settings: Painting, choice: Choice, strength: float, step_range: tuple[int, int] | None
-                  ) -> Painting:
-    """``settings`` with one layer painting ``choice``'s edit over the middle of the image (a tile's picture), the
-    rest of the image kept. Without a recipe the edit is an ``add`` at ``strength`` over ``step_range``."""
+def icon_painting(settings: Painting, choice: Choice) -> Painting:
+    """``settings`` with one layer painting ``choice``'s edit (its recipe: every tile has one) over the middle of
+    the image (a tile's picture), the rest of the image kept."""
     height, width = settings.height, settings.width
     mask = np.zeros((height, width), np.float32)
     mask[height // 4:height - height // 4, width // 4:width - width // 4] = 1.0
     recipe = choice.recipe
-    mode, strength, steps = (recipe.mode, recipe.strength, recipe.step_range) if recipe is not None \
-        else ("add", strength, step_range)
-    steps = tuple(steps) if steps and steps[1] <= settings.steps else None
-    layer = Layer(choice.concept, mask, name=choice.label, mode=mode, strength=strength, step_range=steps)
+    steps = tuple(recipe.step_range) if recipe.step_range and recipe.step_range[1] <= settings.steps else None
+    layer = Layer(choice.concept, mask, name=choice.label, mode=recipe.mode, strength=recipe.strength,
+                  step_range=steps)
     return replace(settings, layers=[layer], keep_outside=True)
 
 
@@ -276,9 +274,7 @@ class ExploreCache:
         key = icon_key(choice)
         with self._lock:
             if key not in self._icons:
-                profile = self.engine.model.profile
-                painting = icon_painting(self.neutral_settings(), choice, profile.layer_strength,
-                                         profile.layer_step_range)
+                painting = icon_painting(self.neutral_settings(), choice)
                 image = self.engine.generate(painting).convert("RGB")
                 width, height = image.size  # the painted middle with a margin of the scene around it
                 image = image.crop((width // 8, height // 8, width - width // 8, height - height // 8))

@@ -115,6 +115,16 @@ def test_without_recipes_a_tile_paints_the_best_feature_for_its_label(tiny_sae_p
     assert fit_steps((6, 8), 4) is None and fit_steps(None, 4) is None
 
 
+def test_every_paintable_tile_carries_its_edit_and_is_named_after_itself(toy, toy_concepts, tiny_sae_paths):
+    """The page and the pictures paint ``tile.choice`` as it is: a recipe on every paintable tile, its label the
+    tile's name."""
+    tiny = ConceptLibrary.load(tiny_sae_paths)
+    custom = [Choice(Concept.of_mix("mid_block.attentions.0", {1: 1.0}), " mine ")]
+    for library, profile in ((toy_concepts, toy.profile), (tiny, None)):
+        tiles = [tile for tile in library.tiles(custom=custom, profile=profile) if tile.paintable]
+        assert tiles and all(tile.choice.recipe is not None and tile.choice.label == tile.name for tile in tiles)
+
+
 def test_a_label_with_no_feature_paints_its_factor(tiny_sae_paths):
     library = ConceptLibrary.load(tiny_sae_paths, PROFILES["tiny-random-sd"])
     tile = library.tiles("factor 1")[0]

@@ -94,7 +94,7 @@ class InspectorHandlers(Views):
                 continue
             tile = next((t for t in self.engine.concepts.tiles(name, custom=state.custom, profile=self.profile)
                          if t.name == name and t.paintable), None) if row["label"] else None
-            more = self.tile_choice(tile) if tile is not None else Choice(
+            more = tile.choice if tile is not None else Choice(
                 concept, name, Recipe("add", self.profile.layer_strength, self.profile.layer_step_range), "inspector")
             found.append(Found(name, row["relative"], Choice(concept, name, source="inspector"), more, region, tile))
         return found

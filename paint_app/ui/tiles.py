@@ -19,7 +19,6 @@ from sae.errors import SAEError
 
 from ..errors import PaintError
 from ..explore import icon_key
-from ..painting import Choice, Recipe
 from .outputs import CHANGED, Notes, outputs
 from .state import TabState
 from .views import Views
@@ -87,15 +86,6 @@ class TileHandlers(Views):
         return clicked(data, "concept tile", TILE_ACTIONS, state.tiles_token, state.tiles, "tiles",
                        "the tiles changed since; click the tile again")
 
-    def tile_choice(self, tile: Any) -> Choice:
-        """What a pick of ``tile`` paints: its choice, with the model's layer defaults as an ``add`` if it carries
-        no recipe."""
-        choice = tile.choice
-        if choice.recipe is None:
-            recipe = Recipe("add", self.profile.layer_strength, self.profile.layer_step_range)
-            choice = Choice(choice.concept, choice.label, recipe, choice.source)
-        return Choice(choice.concept, tile.name, choice.recipe, choice.source)
-
     @outputs(*CHANGED)
     def tile_action(self, state: TabState, data: Any, live: bool = True) -> dict:
         """A click on a tile: ``pick`` paints its edit on the active layer (a new one if there is none); ``erase``
@@ -108,7 +98,7 @@ class TileHandlers(Views):
         except PaintError as exc:
             notes.warn(f"{exc}. The layers are kept.")
             return {"status": notes.text()}
-        chosen = self.tile_choice(tile)
+        chosen = tile.choice  # named after the tile, with its edit (a tile always carries one)
         if action == "pick":
             return self.paint_choice(state, chosen, notes, live)
         layer = self.new_layer(state, chosen.concept, f"erase {tile.name}", mode="erase")
