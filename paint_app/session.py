@@ -13,13 +13,14 @@ import io
 import json
 import math
 import os
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import SessionError
 from .modes import NAMES as MODES
@@ -34,10 +35,14 @@ MAX_GUIDANCE = 50.0
 MAX_LAYERS = 64
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _fail(field_name: str, value: Any, allowed: str) -> SessionError:
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except (ValueError, RecursionError):  # an int of over 4300 digits; nesting deeper than repr goes
+        shown = f"a {type(value).__name__} too large to show"
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return SessionError(f"{field_name} is {shown}; allowed: {allowed}")
@@ -52,8 +57,8 @@ def _int(data: dict, key: str, where: str, low: int, high: int, default: Any = N
 
 def _number(data: dict, key: str, where: str, low: float, high: float, default: Any = None) -> float:
     value = data.get(key, default)
-    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-            or not low <= value <= high):
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high):
         raise _fail(f"{where}{key}", value, f"a finite number from {low:g} to {high:g}")
     return float(value)
 
@@ -93,22 +98,33 @@ class Mask:
         return {"png": self.png} if self.png is not None else {"rects": self.rects}
 
 
+def png_size(raw: bytes) -> tuple[int, int] | None:
+    """The (width, height) a PNG's header (IHDR) declares, read before anything is decoded; None if not a PNG."""
+    if len(raw) < 24 or raw[:8] != PNG_SIGNATURE or raw[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", raw[16:24])
+
+
 def decode_png_mask(text: str, width: int, height: int, field_name: str) -> np.ndarray:
+    """A base64 grey PNG as float32 [height, width] in [0, 1]; its declared size is checked before decoding."""
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise _fail(field_name, text, "base64 of an 8-bit grey PNG") from None
-    try:
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise _fail(field_name, text, f"base64 of an 8-bit grey PNG (the bytes are not a readable image: {exc})") from None
-    if image.size != (width, height):
-        raise SessionError(f"{field_name} is {image.size[0]}x{image.size[1]} pixels; allowed: the session's "
+    size = png_size(raw)
+    if size is not None and size != (width, height):
+        raise SessionError(f"{field_name} is {size[0]}x{size[1]} pixels; allowed: the session's "
                            f"width x height, {width}x{height}")
-    if image.mode in ("LA", "RGBA", "PA"):
-        image = image.getchannel("A")
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    try:
+        image = Image.open(io.BytesIO(raw), formats=["PNG"])
+        image.load()
+        if image.mode in ("LA", "RGBA", "PA"):
+            image = image.getchannel("A")
+        grey = image.convert("L")
+    except Exception as exc:  # the bytes come from the user: any decoder error means "not a readable PNG"
+        raise _fail(field_name, text, f"base64 of an 8-bit grey PNG (the bytes are not a readable image: "
+                    f"{type(exc).__name__}: {exc})") from None
+    return np.asarray(grey, dtype=np.float32) / 255.0
 
 
 def encode_png_mask(array: np.ndarray) -> str:
@@ -223,7 +239,7 @@ class Session(Settings):
     def from_json(cls, text: str | bytes) -> Session:
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # also numbers of over 4300 digits, nesting too deep
             raise SessionError(f"session file is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
