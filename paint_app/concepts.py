@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,7 +13,7 @@ from sae.examples import TOP_EXAMPLES_NAME, load_top_examples
 from sae.exemplars import pasteable_record
 from sae.factors import Factors, load_factors
 from sae.labels import Label, load_labels
-from sae.model import SAE, resolve_path
+from sae.model import SAE
 from sae.prototypes import Prototypes, load_prototypes
 from sae.recipes import Recipes, load_recipes
 
@@ -22,8 +21,8 @@ from .errors import ModelError, PaintError
 from .models import ModelProfile
 from .modes import MODES, RANKS
 from .painting import Choice, Concept, Recipe
-
-_BLOCK_IN_NAME = re.compile(r"((?:down_blocks|up_blocks)\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+)")
+from .prepare import use_prepared
+from .presets import default_sae_paths, locate_saes
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,7 @@ class ConceptLibrary:
     def __init__(self, blocks: dict[str, BlockConcepts] | None = None) -> None:
         self.blocks: dict[str, BlockConcepts] = dict(blocks or {})
         self._tiles: dict[tuple, list[Tile]] = {}  # the library's own tiles, per layer defaults and contents
+        self._located: dict[str, list[tuple[str | None, Path]]] = {}  # per --sae value: its SAE folders
 
     @property
     def saes(self) -> dict[str, SAE]:
@@ -80,30 +80,56 @@ class ConceptLibrary:
     @classmethod
     def load(cls, paths: list[str], profile: ModelProfile | None = None,
              device: str | torch.device = "cpu") -> ConceptLibrary:
-        """Load SAEs from ``paths`` (``PATH`` or ``BLOCK=PATH``); with no paths, those shipped with the model."""
-        if not paths and profile is not None and profile.sae_dir is not None and Path(profile.sae_dir).is_dir():
-            paths = [str(p) for p in sorted(Path(profile.sae_dir).iterdir()) if p.is_dir()]
+        """Load SAEs from ``paths`` (each a ``--sae`` value: see ``add``); with no paths, those shipped with the
+        model, else the model's default preset (``presets.default_sae_paths``)."""
+        if not paths and profile is not None:
+            shipped = profile.sae_dir is not None and Path(profile.sae_dir).is_dir()
+            paths = [str(p) for p in sorted(Path(profile.sae_dir).iterdir()) if p.is_dir()] if shipped else \
+                default_sae_paths(profile.name, [])
         library = cls()
         for spec in paths:
             library.add(spec, profile, device)
         return library
 
-    def add(self, spec: str, profile: ModelProfile | None = None, device: str | torch.device = "cpu") -> BlockConcepts:
-        block, _, path = spec.rpartition("=") if "=" in spec and not spec.startswith("hf://") else ("", "", spec)
+    def add(self, spec: str, profile: ModelProfile | None = None,
+            device: str | torch.device = "cpu") -> list[BlockConcepts]:
+        """Load the SAEs one ``--sae`` value names: an SAE folder, a folder of SAE folders (ours or SAEPaint's
+        checkpoints, each named by block), an ``hf://`` URI of either, or a preset (``presets.PRESETS``).
+        ``BLOCK=PATH`` names the block of one SAE, or takes that block's SAE from a set."""
+        block, path = _split_spec(spec)
         try:
-            folder = resolve_path(path)
+            found = self._located[path] if path in self._located else locate_saes(path)
+        except SAEError as exc:
+            raise ModelError(f"--sae {spec!r}: {exc}") from None
+        self._located[path] = found
+        if block and len(found) > 1:
+            found = [(name, folder) for name, folder in found if name == block]
+            if not found:
+                names = ", ".join(sorted(name for name, _ in self._located[path] if name))
+                raise ModelError(f"--sae {spec!r}: {path} has no SAE for block {block}; it has SAEs for: {names}")
+        elif block:
+            found = [(block, found[0][1])]
+        unnamed = [str(folder) for name, folder in found if not name]
+        if unnamed:
+            raise ModelError(f"--sae {spec!r}: the SAE in {unnamed[0]} does not say which block it reads; "
+                             "write it as BLOCK=PATH, e.g. down_blocks.2.attentions.1=PATH")
+        if len(found) == 1:
+            return [self._add_sae(spec, found[0][0], found[0][1], profile, device)]
+        return [self._add_sae(f"{name}={path}", name, folder, profile, device) for name, folder in found]
+
+    def _add_sae(self, spec: str, block: str, folder: Path, profile: ModelProfile | None,
+                 device: str | torch.device) -> BlockConcepts:
+        """Load one SAE folder for ``block``; ``spec`` is the ``--sae`` value that names it alone (its source)."""
+        try:
             sae = SAE.from_pretrained(folder, device=device)
         except SAEError as exc:
             raise ModelError(f"--sae {spec!r}: {exc}") from None
-        block = block or sae.config.block or _block_from_name(str(folder))
-        if not block:
-            raise ModelError(f"--sae {spec!r}: the SAE does not say which block it reads; "
-                             "write it as BLOCK=PATH, e.g. down_blocks.2.attentions.1=PATH")
         if profile is not None:
             known = {b.name: b for b in profile.blocks}  # others are checked against the UNet when painted
             if block in known and known[block].channels != sae.d_in:
-                raise ModelError(f"--sae {spec!r} reads vectors of size {sae.d_in}, but block {block!r} of "
-                                 f"{profile.name} has {known[block].channels} channels")
+                raise ModelError(f"--sae {spec!r}: the SAE for block {block} reads vectors of size {sae.d_in}, but "
+                                 f"block {block} of {profile.name} has {known[block].channels} channels "
+                                 f"(SAE folder {folder})")
         sae.config.block = block
         try:
             prototypes = load_prototypes(folder)
@@ -113,6 +139,7 @@ class ConceptLibrary:
             raise ModelError(f"--sae {spec!r}: {exc}") from None
         entry = BlockConcepts(block, sae, spec, load_labels(folder), load_factors(folder), prototypes, examples,
                               recipes)
+        use_prepared(entry, profile)  # words and examples `paint-app prepare` made, where the folder has none
         self.blocks[block] = entry
         return entry
 
@@ -456,9 +483,12 @@ def trial_rank(mode: str):
 SORT_KEYS = {rank: paint_rank if rank == "write" else trial_rank(rank) for rank in RANKS}
 
 
-def _block_from_name(text: str) -> str:
-    found = _BLOCK_IN_NAME.findall(text)
-    return found[-1] if found else ""
+def _split_spec(spec: str) -> tuple[str, str]:
+    """``BLOCK=PATH`` as (block, path); any other ``--sae`` value as ("", value)."""
+    block, sep, path = spec.partition("=")
+    if sep and block and "/" not in block and ":" not in block:
+        return block, path
+    return "", spec
 
 
 __all__ = ["BlockConcepts", "ConceptLibrary", "PaintError", "Tile", "best_recipe", "layer_defaults", "tile_row"]

@@ -265,26 +265,13 @@ def _torch_load(file: Path) -> Any:
 
 
 def resolve_path(path: str | Path) -> Path:
-    """A local folder, or ``hf://owner/repo[/subfolder]`` fetched (or found in the cache) by huggingface_hub."""
+    """A local folder, or an ``hf://`` URI fetched (or found in the cache) by huggingface_hub (``sae.hub``)."""
     text = str(path)
-    if not text.startswith("hf://"):
-        folder = Path(text).expanduser()
-        if not folder.is_dir():
-            raise SAEError(f"SAE path '{text}' is not a folder")
-        return folder
-    parts = text[len("hf://"):].strip("/").split("/")
-    if len(parts) < 2 or not all(parts):
-        raise SAEError(f"SAE path '{text}' must look like hf://owner/repo or hf://owner/repo/subfolder")
-    repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    if text.startswith("hf://"):
+        from .hub import resolve_uri
 
-    patterns = [f"{subfolder}/*"] if subfolder else None
-    try:
-        root = Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        raise SAEError(f"SAE path '{text}' could not be resolved on the Hugging Face Hub or in its cache: {exc}") from None
-    folder = root / subfolder if subfolder else root
+        return resolve_uri(text, what="SAE path")
+    folder = Path(text).expanduser()
     if not folder.is_dir():
-        raise SAEError(f"SAE path '{text}': the repository has no folder '{subfolder}'")
+        raise SAEError(f"SAE path '{text}' is not a folder")
     return folder
