@@ -19,8 +19,10 @@ def _add_model_args(parser: argparse.ArgumentParser, model_default: str | None =
                         help="short name (toy, tiny-random-sd, tiny-random-sdxl), hub id or local folder"
                              + (f" (default: {model_default})" if model_default else " (default: the session's)"))
     parser.add_argument("--sae", action="append", default=[], metavar="PATH",
-                        help="an SAE folder, hf://owner/repo/subfolder, or BLOCK=PATH; repeat for several blocks "
-                             "(default: the SAEs shipped with the model)")
+                        help="an SAE folder, a folder of SAE folders, an hf:// URI of either "
+                             "(hf://[models/|datasets/|spaces/]owner/name[@revision][/path]), a preset (saepaint), "
+                             "or BLOCK=PATH; repeat for several (default: the SAEs shipped with the model, else the "
+                             "model's preset)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
 
 
@@ -144,7 +146,7 @@ def _features(args: argparse.Namespace) -> int:
     profile = PROFILES.get(args.model) or load_model(args.model, device="cpu").profile
     concepts = ConceptLibrary.load(args.sae, profile, device="cpu")
     if not concepts.blocks:
-        raise PaintError(f"model {args.model!r} has no SAEs; pass --sae PATH (an SAE folder or hf://...)")
+        raise PaintError(f"model {args.model!r} has no SAEs; pass --sae PATH (an SAE folder, a folder of them, hf://... or a preset)")
     if args.block is not None:
         concepts.get(args.block, "--block")
     if args.recipes:
