@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 
 from sae.errors import SAEError
-from sae.exemplars import Example, pasteable_record, record_example
+from sae.exemplars import BlockRecorder, Example, Recording, pasteable_record, record_example
 
 from .concepts import ConceptLibrary
 from .errors import ModelError, PaintError
 from .models import LoadedModel, load_model
+from .modes import MODES, get_mode
 from .painting import Painting
 from .session import Session, as_painting
 from .steering import Edit, Plan, apply_plan, keep_outside, painted_cover, paste_outside
@@ -29,6 +30,7 @@ from .step_cache import StepCache
 PROMPT_CACHE_SIZE = 64
 UNPAINTED_CACHE_SIZE = 4
 EXAMPLE_CACHE_SIZE = 8  # paste examples: outputs of a few blocks over every step, for one feature and settings
+SOURCE_CACHE_SIZE = 4  # move sources: the plain run's outputs of a few blocks over every step, per settings and block
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Engine:
         self.step_cache = StepCache()
         self._unpainted: OrderedDict[tuple, Unpainted] = OrderedDict()
         self._examples: OrderedDict[tuple, Example] = OrderedDict()
+        self._sources: OrderedDict[tuple, Recording] = OrderedDict()
 
     @property
     def pipeline(self):
@@ -64,20 +67,24 @@ class Engine:
         return painting.guidance > 1.0 and self.pipeline.unet.config.time_cond_proj_dim is None
 
     def plan(self, painting: Painting | Session) -> Plan:
-        """The steering plan of a painting: one edit per enabled layer with a non-empty mask."""
+        """The steering plan of a painting: one edit per enabled layer that changes something (its mode says:
+        ``EditMode.idle``; e.g. a non-empty mask)."""
         painting = as_painting(painting)
         edits = []
         for i, layer in enumerate(painting.layers):
             where = f"layers[{i}]"
             if not layer.enabled:
                 continue
+            if layer.copy and not get_mode(layer.mode, f"{where}.mode").copyable:
+                raise PaintError(f"{where}.copy is true with mode {layer.mode!r}; allowed: true only with mode "
+                                 f"{' or '.join(name for name, mode in MODES.items() if mode.copyable)}")
             features, weights = self.concepts.resolve(layer.concept, where)
-            mask = torch.from_numpy(layer.acting_mask())
-            if not bool(mask.any()):
-                continue
-            edits.append(Edit(block=layer.block, features=features, weights=weights, mask=mask,
-                              strength=layer.strength, mode=layer.mode, step_range=layer.step_range,
-                              cond_only=layer.cond_only))
+            edit = Edit(block=layer.block, features=features, weights=weights,
+                        mask=torch.from_numpy(layer.acting_mask()), strength=layer.strength, mode=layer.mode,
+                        step_range=layer.step_range, cond_only=layer.cond_only,
+                        origin=torch.from_numpy(layer.acting_origin()), offset=tuple(layer.offset), copy=layer.copy)
+            if not edit.how.idle(edit):
+                edits.append(edit)
         blocks = {edit.block: self.concepts.blocks[edit.block] for edit in edits}
         prototypes = {block: entry.prototypes for block, entry in blocks.items() if entry.prototypes is not None}
         examples = {block: entry.examples for block, entry in blocks.items() if entry.examples}
@@ -97,11 +104,14 @@ class Engine:
 
         1. plan the edits (each layer's concept resolved to features, its mask moved and put on 8-bit levels);
         2. encode the prompt (cached);
-        3. with nothing painted: the plain run, kept for later repaints;
-        4. else make what the plan's modes need (examples), and with ``keep_outside`` the plain run to keep;
-        5. run with the plan's hooks; steps before any edit acts may be replayed from the step cache (same
-           pixels) when ``replay`` (callers that hook the UNet's blocks themselves pass ``replay=False``);
-        6. with ``keep_outside``, paste the plain image back outside the painted cover.
+        3. make what ``move`` edits need (the plain run recorded at their blocks, cached; edits that move nothing
+           on their block's grid are left out);
+        4. with nothing painted: the plain run, kept for later repaints;
+        5. else make what the other modes need (examples), and with ``keep_outside`` the plain run to keep;
+        6. run with the plan's hooks; steps before any edit acts may be replayed from the step cache (same
+           pixels) when ``replay`` (callers that hook the UNet's blocks themselves pass ``replay=False``, and
+           call ``make_sources`` first, so their hooks do not see the recording runs);
+        7. with ``keep_outside``, paste the plain image back outside the painted cover.
         """
         painting = as_painting(painting)
         self.check_model(painting)
@@ -111,6 +121,7 @@ class Engine:
             start = time.perf_counter()
             embeds, cached = self.prompt_embeddings(painting.prompt, painting.negative_prompt, cfg)
             settings = painting.key()
+            self._make_sources(plan, painting, embeds)
             if not plan.edits:
                 plain = self._plain_run(painting, settings, embeds, replay)
                 if replay:  # kept for later keep_outside repaints; with replay=False the caller's hooks may be on
@@ -130,6 +141,61 @@ class Engine:
             if painting.keep_outside:
                 image = paste_outside(image, unpainted.image, cover)
             return Generation(image, time.perf_counter() - start, cached)
+
+    def make_sources(self, painting: Painting | Session) -> None:
+        """Record now the plain runs the painting's ``move`` layers need (a caller that hooks the UNet's blocks
+        calls this before attaching its hooks)."""
+        painting = as_painting(painting)
+        plan = self.plan(painting)
+        with self.lock:
+            self._make_sources(plan, painting, self.prompt_embeddings(painting.prompt, painting.negative_prompt,
+                                                                      self.uses_cfg(painting))[0])
+
+    def source(self, painting: Painting | Session, block: str) -> Recording:
+        """The painting's plain run (its settings, no layers) recorded at ``block`` and every later block of its
+        grid or finer, at every step (``sae.exemplars.Recording``): made once per settings and block, then cached.
+        Its run is the plain run, kept for ``keep_outside`` too."""
+        painting = as_painting(painting)
+        self.check_model(painting)
+        with self.lock:
+            embeds, _ = self.prompt_embeddings(painting.prompt, painting.negative_prompt, self.uses_cfg(painting))
+            return self._source(painting, embeds, block)
+
+    def _source(self, painting: Painting, embeds: dict, block: str) -> Recording:
+        key = (painting.key(), block)
+        if key not in self._sources:
+            entry = self.concepts.blocks.get(block)
+            if entry is None:
+                raise ModelError(f"block is {block!r} but no SAE is loaded for that block; SAEs are loaded for: "
+                                 f"{', '.join(sorted(self.concepts.blocks)) or 'no block'}")
+            recorder = BlockRecorder(self.pipeline.unet, block, entry.sae.config.site)
+            try:
+                with recorder.attached():
+                    plain = self._plain_run(painting, painting.key(), embeds, replay=False)
+                recording = recorder.recording()
+            except SAEError as exc:
+                raise ModelError(str(exc)) from None
+            self._remember_unpainted(painting.key(), plain)
+            self._sources[key] = recording
+            while len(self._sources) > SOURCE_CACHE_SIZE:
+                self._sources.popitem(last=False)
+        self._sources.move_to_end(key)
+        return self._sources[key]
+
+    def _make_sources(self, plan: Plan, painting: Painting, embeds: dict) -> None:
+        """Fill ``plan.pasted`` for the edits whose mode needs the painting's own plain run (``move``), laid out by
+        their mode (``from_source``); an edit that writes nothing once its block's grid is known is left out."""
+        moving = [i for i, edit in enumerate(plan.edits) if edit.how.needs == "source"]
+        if not moving:
+            return
+        plan.validate()
+        written = {}
+        for i in moving:
+            edit = plan.edits[i]
+            written[i] = edit.how.from_source(self._source(painting, embeds, edit.block), edit, plan.saes[edit.block])
+        kept = [i for i in range(len(plan.edits)) if written.get(i, True)]
+        plan.edits = [plan.edits[i] for i in kept]
+        plan.pasted = {new: written[old] for new, old in enumerate(kept) if old in written}
 
     def _make_pastes(self, plan: Plan, painting: Painting) -> None:
         """Fill ``plan.pasted``: each edit whose mode needs an example gets it (made once per feature and settings,

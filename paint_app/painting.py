@@ -119,11 +119,16 @@ class Layer:
     enabled: bool = True
     cond_only: bool = False  # with classifier-free guidance, act on the conditional half only
     amount: float = 1.0  # how much of the layer acts, 0..1: its mask is scaled by this
+    copy: bool = False  # mode ``move``: keep the part where it was as well (a copy at the offset)
 
     def acting_mask(self) -> np.ndarray:
         """The mask as the edit uses it: moved by the offset, scaled by the amount, on the session's 256 levels."""
         mask = self.shown_mask()
         return quantize_mask(mask if self.amount == 1.0 else mask * np.float32(self.amount))
+
+    def acting_origin(self) -> np.ndarray:
+        """The acting mask before the offset (where a ``move`` layer's part was)."""
+        return quantize_mask(self.mask if self.amount == 1.0 else self.mask * np.float32(self.amount))
 
     @property
     def block(self) -> str:
@@ -172,7 +177,7 @@ class Painting(Settings):
         digest = hashlib.sha1(repr((self.key(), self.keep_outside)).encode())
         for layer in self.layers:
             digest.update(repr((layer.concept, layer.mode, layer.strength, layer.step_range, layer.offset,
-                                layer.enabled, layer.cond_only, layer.amount, layer.mask.shape)).encode())
+                                layer.enabled, layer.cond_only, layer.amount, layer.copy, layer.mask.shape)).encode())
             digest.update(np.ascontiguousarray(layer.mask, np.float32).tobytes())
         return digest.hexdigest()
 

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import SessionError
+from .modes import MODES as EDIT_MODES
 from .modes import NAMES as MODES
 from .painting import Concept, Painting, Settings, shift
 from .painting import Layer as PaintedLayer
@@ -152,6 +153,7 @@ class Layer:
     enabled: bool = True
     cond_only: bool = False
     amount: float = 1.0
+    copy: bool = False
 
     def mask_array(self, width: int, height: int) -> np.ndarray:
         return self.mask.to_array(width, height, self.offset)
@@ -167,7 +169,7 @@ class Layer:
         """The layer in memory: its mask decoded (unshifted) at the session's size."""
         return PaintedLayer(self.to_concept(), self.mask.to_array(width, height), name=self.name, mode=self.mode,
                             strength=self.strength, step_range=self.step_range, offset=tuple(self.offset),
-                            enabled=self.enabled, cond_only=self.cond_only, amount=self.amount)
+                            enabled=self.enabled, cond_only=self.cond_only, amount=self.amount, copy=self.copy)
 
     @classmethod
     def of(cls, layer: PaintedLayer) -> Layer:
@@ -176,7 +178,7 @@ class Layer:
         return cls(block=concept.block, mask=Mask(png=encode_png_mask(layer.mask)), name=layer.name,
                    feature=concept.feature, factor=concept.factor, features=concept.weights, mode=layer.mode,
                    strength=float(layer.strength), step_range=layer.step_range, offset=tuple(layer.offset),
-                   enabled=layer.enabled, cond_only=layer.cond_only, amount=float(layer.amount))
+                   enabled=layer.enabled, cond_only=layer.cond_only, amount=float(layer.amount), copy=layer.copy)
 
     def to_dict(self) -> dict:
         data: dict[str, Any] = {"name": self.name, "block": self.block}
@@ -195,6 +197,8 @@ class Layer:
             data["cond_only"] = True
         if self.amount != 1.0:
             data["amount"] = self.amount
+        if self.copy:
+            data["copy"] = True
         return data
 
 
@@ -324,6 +328,11 @@ def _parse_layer(data: Any, where: str, session: Session) -> Layer:
     layer.enabled = _bool(data, "enabled", where, True)
     layer.cond_only = _bool(data, "cond_only", where, False)
     layer.amount = _number(data, "amount", where, 0.0, 1.0, 1.0)
+    layer.copy = _bool(data, "copy", where, False)
+    if layer.copy and not EDIT_MODES[mode].copyable:
+        copying = " or ".join(name for name, edit_mode in EDIT_MODES.items() if edit_mode.copyable)
+        raise _fail(f"{where}copy", True, f"true only with mode {copying} (this layer's mode is {mode!r}); false "
+                    "otherwise")
     return layer
 
 

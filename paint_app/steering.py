@@ -2,12 +2,12 @@
 
 An ``Edit`` is one concept painted on one block: its features with weights, a soft mask in image pixels, and its
 mode (``paint_app.modes``: each mode says how it acts). A ``Plan`` holds every edit of one generation with what the
-modes need (the SAEs, prototypes, examples). ``apply_plan`` attaches named hooks (``sae.hooks.attached``): a
+modes need (the SAEs, prototypes, examples, the plain run's recording for ``move``). ``apply_plan`` attaches named hooks (``sae.hooks.attached``): a
 ``StepCounter`` on the UNet, and per block with edits a ``BlockEditor`` (modes acting in the SAE's directions:
-add, set, erase) and/or a ``BlockReplacer`` (modes overwriting the block: replace, paste, fill), in that order.
+add, set, erase) and/or a ``BlockReplacer`` (modes overwriting the block: replace, paste, fill, move), in that order.
 All edits on a block are computed from the unedited activations and add up.
 With ``keep_outside`` the engine also blends, after every step, the latents with the unpainted run's outside
-the painted cover c (the latent cells any mask touches): x = c * x + (1 - c) * x_unpainted, and
+the painted cover c (the latent cells any edit touches: ``EditMode.places``): x = c * x + (1 - c) * x_unpainted, and
 pastes the unpainted pixels back outside c (``paste_outside``).
 """
 
@@ -33,6 +33,8 @@ from sae.prototypes import Prototypes
 from .errors import ModelError, PaintError
 from .modes import MODES, NAMES, EditMode
 
+MADE = {"example": "example", "source": "source (the plain run recorded at its block)"}  # what the engine makes
+
 
 @dataclass
 class Edit:
@@ -46,10 +48,18 @@ class Edit:
     mode: str = "add"
     step_range: tuple[int, int] | None = None  # [start, end) of denoising steps; None means every step
     cond_only: bool = False  # with classifier-free guidance, act on the conditional half only
+    origin: torch.Tensor | None = None  # the mask before its offset (``move``: where the part was); None: ``mask``
+    offset: tuple[int, int] = (0, 0)  # (dx, dy) pixels from ``origin`` to ``mask``
+    copy: bool = False  # ``move``: keep the part where it was too
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise PaintError(f"mode is {self.mode!r}; allowed: {', '.join(NAMES)}")
+        if self.copy and not self.how.copyable:
+            raise PaintError(f"copy is true with mode {self.mode!r}; allowed: true only with mode "
+                             f"{' or '.join(name for name, mode in MODES.items() if mode.copyable)}")
+        if self.origin is None:
+            self.origin = self.mask
         if not self.features:
             raise PaintError("an edit needs at least one feature")
         if not self.weights:
@@ -80,7 +90,8 @@ class Plan:
     steps: int | None = None  # denoising steps of the run (maps a step to a prototype's step)
     # for ``paste`` edits, by the edit's index: per block, (the example's outputs moved [steps, rows, C, H, W],
     # its window moved [H, W]) (``sae.exemplars.Example.moved``); for ``fill`` edits (its window mean [steps,
-    # rows, C], None) (``Example.filled``); the engine makes them
+    # rows, C], None) (``Example.filled``); for ``move`` edits (the value [steps, rows, C, H, W], its mask on the
+    # block's grid) (``Move.from_source``); the engine makes them
     pasted: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = field(default_factory=dict)
     examples: dict[str, dict[int, list[dict]]] = field(default_factory=dict)  # by SAE block: top-example records
 
@@ -133,8 +144,9 @@ def painted_cover(plan: Plan, grid: tuple[int, int]) -> torch.Tensor:
     half-painted cell half-way back to the unpainted run at every step would shrink the edit far more than half.
     """
     cover = torch.zeros(grid, dtype=torch.bool)
-    for edit in plan.edits:
-        cover |= grid_mask(edit.mask, grid) > 0
+    for i, edit in enumerate(plan.edits):
+        for place in edit.how.places(plan, i, edit):
+            cover |= grid_mask(place, grid) > 0
     return cover.float()
 
 
@@ -318,8 +330,8 @@ class BlockReplacer(BlockHook):
               like: torch.Tensor) -> torch.Tensor:
         key = (index, height, width)
         if key not in self._masks:
-            mask = grid_mask(edit.mask, (height, width))
-            if window is not None:
+            mask = window.float() if edit.how.window_is_mask else grid_mask(edit.mask, (height, width))
+            if window is not None and not edit.how.window_is_mask:
                 mask = mask * window.to(mask.dtype)
             self._masks[key] = mask.to(like.device, like.dtype)
         return self._masks[key]
@@ -332,9 +344,10 @@ def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator
         yield StepCounter()
         return
     plan.validate()
-    missing = [i for i, edit in enumerate(plan.edits) if edit.how.needs == "example" and i not in plan.pasted]
+    missing = [i for i, edit in enumerate(plan.edits) if edit.how.needs in MADE and i not in plan.pasted]
     if missing:
-        raise ModelError(f"layers[{missing[0]}].mode is {plan.edits[missing[0]].mode!r} but its example was not "
+        edit = plan.edits[missing[0]]
+        raise ModelError(f"layers[{missing[0]}].mode is {edit.mode!r} but its {MADE[edit.how.needs]} was not "
                          "made (Engine.generate makes it)")
     counter = StepCounter()
     hooks: list[tuple[torch.nn.Module, str, ModelHook]] = [(unet, "paint-app.steps", counter)]

@@ -10,10 +10,14 @@ one step and on more of it at another (on the toy's 8x8 block: triangle 19% -> 7
 ``Example.moved`` moves window and activations by whole cells of the SAE's grid (finer blocks by the same
 distance) so the window's box is centred on the mask's box; the edit then overwrites them there
 (``paint_app.steering``). Moved, not resized: a resized pattern loses its period (``research/exemplars.py``).
+``BlockRecorder`` is the recording itself, for any generation: the app's ``move`` mode records a painting's own
+plain run with it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,46 +100,89 @@ def pasteable_record(records: list[dict] | None) -> dict | None:
     return next((r for r in records or [] if r.get("prompt") and isinstance(r.get("seed"), int)), None)
 
 
+@dataclass
+class Recording:
+    """One generation as an SAE's block and the blocks after it saw it: per recorded block its output at every step
+    [steps, rows, C, H, W] (float32, CPU), and the SAE block's site (what its SAE reads) at every step, conditional
+    row, [steps, C, H, W] (the block's dtype, CPU)."""
+
+    block: str
+    outputs: dict[str, torch.Tensor]
+    sites: torch.Tensor
+
+
+class BlockRecorder:
+    """Records, while ``attached``, the output of ``block`` and of every transformer block after it in a UNet call
+    whose grid is as fine or finer, and the SAE's site at ``block`` (``site``: "output" or "delta")."""
+
+    def __init__(self, unet: torch.nn.Module, block: str, site: str) -> None:
+        get_block(unet, block)
+        self.unet = unet
+        self.block = block
+        self.site = site
+        self.outputs: dict[str, list[torch.Tensor]] = {}
+        self.sites: list[torch.Tensor] = []
+        self._seen_block = False
+
+    @contextmanager
+    def attached(self) -> Iterator[BlockRecorder]:
+        modules = {name: module for name, module in self.unet.named_modules() if _BLOCK_NAME.fullmatch(name)}
+        handle = self.unet.register_forward_pre_hook(self._start_call)
+        try:
+            with forward_hooks({module: self._recorder(name) for name, module in modules.items()}):
+                yield self
+        finally:
+            handle.remove()
+
+    def _start_call(self, module, args) -> None:
+        self._seen_block = False
+
+    def _recorder(self, name: str):
+        def record_output(module, args, kwargs, output):
+            h = block_output(output)
+            if name == self.block:
+                self._seen_block = True
+                self.sites.append(site_value(self.site, block_input(args, kwargs), h)[-1].detach().cpu())
+            if self._seen_block and h.shape[-1] >= self.sites[-1].shape[-1]:  # after the block, as fine or finer
+                self.outputs.setdefault(name, []).append(h.float().cpu())
+        return record_output
+
+    def recording(self) -> Recording:
+        """What was recorded, stacked by step (blocks that did not run at every step are left out)."""
+        if not self.sites:
+            raise SAEError(f"block {self.block!r} never ran in the recorded generation")
+        steps = len(self.sites)
+        return Recording(self.block, {name: torch.stack(values) for name, values in self.outputs.items()
+                                      if len(values) == steps}, torch.stack(self.sites))
+
+
 @torch.no_grad()
 def record_example(pipe, sae: SAE, block: str, feature: int, record: dict, **pipeline_kwargs) -> Example:
     """Generate ``record``'s prompt with its seed and ``pipeline_kwargs`` (num_inference_steps, guidance_scale,
     height, width) and return the feature's ``Example`` (see the module docstring)."""
-    get_block(pipe.unet, block)
-    modules = {name: module for name, module in pipe.unet.named_modules() if _BLOCK_NAME.fullmatch(name)}
-    outputs: dict[str, list[torch.Tensor]] = {}
-    maps: list[torch.Tensor] = []
-    seen_sae_block = [False]
-
-    def start_call(module, args):
-        seen_sae_block[0] = False
-
-    def recorder(name: str):
-        def record_output(module, args, kwargs, output):
-            h = block_output(output)
-            if name == block:
-                seen_sae_block[0] = True
-                value = site_value(sae.config.site, block_input(args, kwargs), h)[-1]  # conditional half [C, H, W]
-                code = sae.encode(value.permute(1, 2, 0).to(sae.W_dec.device, sae.W_dec.dtype))
-                maps.append(code[..., feature].float().cpu())
-            if seen_sae_block[0] and h.shape[-1] >= maps[-1].shape[-1]:  # after the SAE's block, as fine or finer
-                outputs.setdefault(name, []).append(h.float().cpu())
-        return record_output
-
+    recorder = BlockRecorder(pipe.unet, block, sae.config.site)
     generator = torch.Generator(device="cpu").manual_seed(int(record["seed"]))
-    handle = pipe.unet.register_forward_pre_hook(start_call)
-    try:
-        with forward_hooks({module: recorder(name) for name, module in modules.items()}):
-            pipe(prompt=record["prompt"], generator=generator, output_type="latent", **pipeline_kwargs)
-    finally:
-        handle.remove()
-    if not maps:
+    with recorder.attached():
+        pipe(prompt=record["prompt"], generator=generator, output_type="latent", **pipeline_kwargs)
+    if not recorder.sites:
         raise SAEError(f"block {block!r} never ran while making the example of feature {feature}")
+    recording = recorder.recording()
+    maps = [feature_map(sae, site, feature) for site in recording.sites]
     window = firing_window(torch.stack(maps).clamp(min=0).sum(0))
     if not bool(window.any()):
         raise SAEError(f"feature {feature} does not fire in its example ({record['prompt']!r}, seed "
                        f"{record['seed']}) made again at these settings; there is nothing to paste")
-    return Example(feature, record["prompt"], int(record["seed"]), window,
-                   {name: torch.stack(values) for name, values in outputs.items() if len(values) == len(maps)})
+    return Example(feature, record["prompt"], int(record["seed"]), window, recording.outputs)
+
+
+def feature_codes(sae: SAE, site: torch.Tensor) -> torch.Tensor:
+    """The SAE code of one step's site [C, H, W]: [H, W, n_features]."""
+    return sae.encode(site.permute(1, 2, 0).to(sae.W_dec.device, sae.W_dec.dtype))
+
+
+def feature_map(sae: SAE, site: torch.Tensor, feature: int) -> torch.Tensor:
+    """Where one feature fires at one step: its code over the site's grid, [H, W] float32 on the CPU."""
+    return feature_codes(sae, site)[..., feature].float().cpu()
 
 
 def firing_window(activation: torch.Tensor) -> torch.Tensor:

@@ -22,13 +22,18 @@ class EditMode:
       every step, e.g. ``add``) plus, for a mode with a ``target``, ``m * (target - z_f) d_f`` where ``z_f`` is the
       SAE code of the unedited activations (``set``, ``erase``);
     - by overwriting (``overwrites = True``): at the blocks ``written`` names, the output moves towards a value,
-      ``h = h + m * w * (value_t - h)``, where ``w`` is an optional window (``replace``, ``paste``, ``fill``).
+      ``h = h + m * w * (value_t - h)``, where ``w`` is an optional window (``replace``, ``paste``, ``fill``), or
+      ``h = h + w * (value_t - h)`` for a mode whose window is its whole mask on each block's grid (``move``).
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # what a layer of this mode does, in a phrase the page can show
-    needs: ClassVar[str | None] = None  # what a concept must have for this mode: None, "prototype" or "example"
+    # what the mode needs made for it: None, a concept's "prototype" or "example", or the painting's own plain run
+    # recorded at its block ("source"); the engine makes examples and sources (``Plan.pasted``)
+    needs: ClassVar[str | None] = None
     overwrites: ClassVar[bool] = False
+    window_is_mask: ClassVar[bool] = False  # the window ``written`` gives is the whole mask on the block's grid
+    copyable: ClassVar[bool] = False  # a layer of this mode may set ``copy`` (keep what it moves where it was too)
     uses_strength: ClassVar[bool] = True
     every_step: ClassVar[bool] = False  # starts from the first step (a prototype or example replays every step)
     rank: ClassVar[str] = "write"  # the measured score that orders the palette's concepts for this mode
@@ -49,6 +54,15 @@ class EditMode:
 
     def check(self, plan: Plan, index: int, edit: Edit) -> None:
         """Refuse a plan this mode cannot run (a ModelError naming ``layers[index]``)."""
+
+    def idle(self, edit: Edit, grid: tuple[int, int] | None = None) -> bool:
+        """Whether the edit changes nothing (the engine then leaves it out): by default, when its mask is empty.
+        ``grid``: its block's grid, once known."""
+        return not bool(edit.mask.any())
+
+    def places(self, plan: Plan, index: int, edit: Edit) -> list[torch.Tensor]:
+        """Where the edit acts, as masks on any grid (image pixels or a block's): the painted cover holds them."""
+        return [edit.mask]
 
     # -- acting in the SAE's directions ----------------------------------------------------------------------
 
