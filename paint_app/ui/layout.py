@@ -22,6 +22,7 @@ from ..engine import Engine
 from ..modes import NAMES as MODES
 from ..session import MAX_STRENGTH
 from . import widgets
+from .api import attach_api, hide_page_events
 from .factors import WEIGHT_HEADERS
 from .handlers import PaintApp
 from .inspector import FACTOR_HEADERS, INSPECT_HEADERS
@@ -275,6 +276,8 @@ def build_app(engine: Engine, gpu: Callable[[Callable], Callable] | None = None,
     with blocks:
         C = components(app, engine)
         blocks.paint_wiring = wire_events(blocks, app, C, gpu)  # for tests: each event, handler and outputs
+        blocks.paint_api = attach_api(app, gpu)  # the endpoints for scripts (render, features)
+    hide_page_events(blocks)  # "Use via API" lists the endpoints for scripts only
     blocks.paint_components = C  # for tests: the components by the names handlers return
     blocks.paint_app = app  # for tests and the benchmark: the handlers behind the page
     return blocks
