@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from .errors import SAEError
 from .locate import describe_folder
@@ -90,6 +91,7 @@ def _parse_fallback(text: str, what: str) -> tuple[str, str, str | None, str]:
             revision, path = "/".join(parts[:3]), "/".join(parts[3:])
         else:
             revision, _, path = rev_and_path.partition("/")
+        revision = unquote(revision)
         if not revision:
             raise bad("Empty revision after '@'")
     else:
@@ -122,17 +124,19 @@ def resolve_uri(text: str, what: str = "hf URI") -> Path:
 
 
 def _what_was_found(uri: HubPath, root: Path) -> str:
-    """The repository's top-level folders and SAE folders, from the local snapshot, else from the hub's file list."""
-    local = describe_folder(root) if root.is_dir() and any(root.iterdir()) else ""
-    if local:
-        return local
-    try:
-        from huggingface_hub import HfApi
+    """The repository's top-level entries and SAE folders: from the hub's file list when online, else from the
+    local snapshot."""
+    from huggingface_hub import HfApi, constants
 
-        files = HfApi().list_repo_files(uri.repo_id, repo_type=uri.repo_type, revision=uri.revision)
-    except Exception:  # offline or unreachable: nothing more to say than what is on disk
-        return "nothing of it is in the local cache"
-    return _describe_files(files)
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return _describe_files(HfApi().list_repo_files(uri.repo_id, repo_type=uri.repo_type,
+                                                           revision=uri.revision))
+        except Exception:  # unreachable: say what the cache holds
+            pass
+    if root.is_dir() and any(root.iterdir()):
+        return f"in the local cache, {describe_folder(root)}"
+    return "nothing of it is in the local cache"
 
 
 def _describe_files(files: list[str]) -> str:

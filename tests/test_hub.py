@@ -156,7 +156,8 @@ def test_a_model_repo_at_a_revision(hub_cache, tmp_path):
     assert [block for block, _ in find_saes(folder)] == sorted(TINY_BLOCKS)
     library = ConceptLibrary.load([f"hf://models/owner/saes@{REV}/checkpoints"], TINY)
     assert sorted(library.blocks) == sorted(TINY_BLOCKS)
-    with pytest.raises(SAEError, match=r"the model owner/saes has no folder 'checkpoints'; it holds docs/"):
+    with pytest.raises(SAEError, match=r"the model owner/saes has no folder 'checkpoints'; "
+                                       r"in the local cache, it holds docs/"):
         hub.resolve_uri("hf://owner/saes/checkpoints")  # main is the newer commit, without them
 
 
@@ -167,10 +168,18 @@ def test_a_path_not_in_the_repo_lists_what_was_found(hub_cache, tmp_path):
     with pytest.raises(SAEError) as error:
         hub.resolve_uri("hf://owner/saes/sae")
     message = str(error.value)
-    assert "hf URI 'hf://owner/saes/sae': the model owner/saes has no folder 'sae'; it holds checkpoints/" in message
+    assert "hf URI 'hf://owner/saes/sae': the model owner/saes has no folder 'sae'; in the local cache, it holds " \
+           "checkpoints/;" in message
     assert f"SAE folders: checkpoints/{run_name('down_blocks.0.attentions.0')}/final" in message
     with pytest.raises(ModelError, match="could not be read from the Hugging Face Hub or its local cache"):
         ConceptLibrary.load(["hf://owner/absent"], TINY)
+
+
+def test_online_the_hub_file_list_says_what_a_repo_holds():
+    files = [".gitattributes", "README.md", "app.py", "checkpoints/unet.mid_block.attentions.0_k10/final/config.json",
+             "checkpoints/unet.mid_block.attentions.0_k10/final/state_dict.pth", "docs/a.json"]
+    assert hub._describe_files(files) == ("it holds .gitattributes, README.md, app.py, checkpoints/, docs/; "
+                                          "SAE folders: checkpoints/unet.mid_block.attentions.0_k10/final")
 
 
 # ---- folders of SAEs ----------------------------------------------------------------------------------------------
@@ -240,7 +249,8 @@ def test_the_saepaint_preset_from_the_space_or_else_the_model_repo(hub_cache, tm
     assert caplog.messages == ["paint-app: no --sae given; using preset 'saepaint' (SAEPaint's four SDXL-Turbo SAEs)"]
     assert sorted(library.blocks) == sorted(preset.blocks)
     assert all(e.sae.n_features == 16 and e.sae.d_in == 1280 for e in library.blocks.values())
-    assert all("spaces--surokpro2--Unboxing_SDXL_with_SAEs" in str(folder) for _, folder in library._located["saepaint"])
+    space = "spaces--surokpro2--Unboxing_SDXL_with_SAEs"
+    assert all(space in str(folder) for _, folder in library._located["saepaint"])
 
 
 def test_the_preset_falls_back_to_the_model_repo_and_a_missing_block_is_named(hub_cache, tmp_path):
@@ -266,7 +276,8 @@ def test_the_preset_falls_back_to_the_model_repo_and_a_missing_block_is_named(hu
 
 
 def test_an_unknown_preset_lists_the_presets_and_a_local_folder_of_that_name_wins(tmp_path, monkeypatch):
-    with pytest.raises(ModelError, match=r"^--sae 'saepain': not a folder, an hf:// URI or a preset; presets: saepaint$"):
+    with pytest.raises(ModelError,
+                       match=r"^--sae 'saepain': not a folder, an hf:// URI or a preset; presets: saepaint$"):
         ConceptLibrary.load(["saepain"], TINY)
     monkeypatch.chdir(tmp_path)
     tiny_sae_folder(tmp_path / "saepaint")
