@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                                "first, by that mode's measured score")
     features.add_argument("--json", action="store_true", help="one JSON object per line")
     features.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
+    from .prepare import add_parser as add_prepare  # paint-app prepare: its parser and handler live there
+
+    add_prepare(sub)
+    from .decompose import add_parser as add_decompose  # paint-app decompose: its parser and handler live there
+
+    add_decompose(sub)
     return parser
 
 
@@ -77,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in (None, "serve"):
             return _serve(args)
+        if args.command in ("prepare", "decompose"):
+            return args.handler(args)
         if args.command == "render":
             return _render(args)
         return _features(args)

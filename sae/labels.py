@@ -5,7 +5,8 @@
     {"version": 1, "labels": {"17": {"label": "red", "score": 0.83, "source": "ground-truth", "write": 0.71,
                                      "replace": 0.875, "paste": 0.5}}}
 
-``source`` is one of ``ground-truth``, ``prompt-words``, ``user``. Labels a user edited by hand are kept
+``source`` is one of ``ground-truth``, ``prompt-words``, ``clip`` (zero-shot words for the feature's picture),
+``user``. Labels a user edited by hand are kept
 when labels are computed again. An optional ``write`` says how well *painting* the feature writes its label,
 as ground truth can measure it: the cosine between the feature's painted direction (sigma_f d_f) and the
 concept's mean difference at the block. A feature can read a concept well (its score) and write it poorly.
@@ -27,7 +28,7 @@ import torch
 from .errors import SAEError
 
 LABELS_NAME = "labels.json"
-SOURCES = ("ground-truth", "prompt-words", "user")
+SOURCES = ("ground-truth", "prompt-words", "clip", "user")
 
 
 @dataclass
@@ -101,19 +102,28 @@ def prompt_feature_max(sae, store, batch_size: int = 4096) -> torch.Tensor:
 
 
 def word_association_labels(strongest: torch.Tensor, prompts: list[str], top_fraction: float = 0.1,
-                            min_top: int = 3, max_words: int = 3) -> dict[int, Label]:
-    """Which prompt words are over-represented among each feature's strongest prompts.
+                            min_top: int = 3, max_words: int = 3, min_count: int = 2) -> dict[int, Label]:
+    """Which prompt words make each feature fire: words over-represented among its strongest prompts, by
+    specificity rather than frequency.
 
-    For word w, score = (p_top(w) - p_all(w)) / (1 - p_all(w)): 1 when every top prompt holds w and it is not
-    in every prompt, 0 when w is no more frequent among top prompts than overall. The label is the best word,
-    followed by words scoring at least 0.8 x the best (up to ``max_words``).
+    The feature's top prompts are its ``top_fraction`` strongest (at least ``min_top``) where it fired. For word w,
+    with c_top of the top prompts and c_all of all prompts holding it:
+
+    - lift = (p_top(w) - p_all(w)) / (1 - p_all(w)): 1 when every top prompt holds w, 0 when w is no more frequent
+      among the top prompts than overall (the base rate);
+    - recall = c_top / c_all: the share of w's prompts that are among the top prompts, so a word found in many
+      prompts ("photo", "red") does not beat one whose prompts all make the feature fire ("dog");
+    - score = the harmonic mean of lift and recall, for words in at least ``min_count`` top prompts.
+
+    The label is the best word, followed by words scoring at least 0.8 x the best (up to ``max_words``).
     """
     words_of = [prompt_words(p) for p in prompts]
     vocabulary = sorted(set().union(*words_of)) if words_of else []
     if not vocabulary:
         return {}
     holds = torch.tensor([[word in words for word in vocabulary] for words in words_of], dtype=torch.float32)
-    base = holds.mean(0)
+    count_all = holds.sum(0)
+    base = count_all / len(prompts)
     n_top = max(min_top, math.ceil(top_fraction * len(prompts)))
     labels = {}
     for feature in range(strongest.shape[1]):
@@ -122,8 +132,11 @@ def word_association_labels(strongest: torch.Tensor, prompts: list[str], top_fra
         top = top[column[top] > 0]
         if top.numel() < 2:
             continue
-        score = (holds[top].mean(0) - base) / (1 - base).clamp_min(1e-6)
-        score[base >= 1] = 0
+        count_top = holds[top].sum(0)
+        lift = ((count_top / top.numel() - base) / (1 - base).clamp_min(1e-6)).clamp_min(0)
+        recall = count_top / count_all.clamp_min(1)
+        score = 2 * lift * recall / (lift + recall).clamp_min(1e-9)
+        score[(base >= 1) | (count_top < min(min_count, top.numel()))] = 0
         order = torch.argsort(score, descending=True)
         best = float(score[order[0]])
         if best <= 0:

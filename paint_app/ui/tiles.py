@@ -19,6 +19,7 @@ from sae.errors import SAEError
 
 from ..errors import PaintError
 from ..explore import icon_key
+from ..prepare import prepare_hint
 from .outputs import CHANGED, Notes, outputs
 from .state import TabState
 from .views import Views
@@ -48,7 +49,8 @@ class TileHandlers(Views):
         if not tiles:
             names = [tile.name for tile in self.engine.concepts.tiles("", custom=state.custom, profile=self.profile)]
             empty = (f"No concept matches {words!r}. " + (f"Try: {', '.join(names[:16])}." if names else
-                                                           "This model has no concepts to paint (no SAEs)."))
+                                                           prepare_hint(self.engine)
+                                                           or "This model has no concepts to paint (no SAEs)."))
             notes.info(empty)
         elif words:
             notes.info(f"{len(tiles)} concept{'s' if len(tiles) != 1 else ''} for {words!r}: click one to paint it "
