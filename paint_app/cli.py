@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
     from .prepare import add_parser as add_prepare  # paint-app prepare: its parser and handler live there
 
-    add_prepare(sub)
+    add_prepare(sub, _add_model_args)
     from .decompose import add_parser as add_decompose  # paint-app decompose: its parser and handler live there
 
     add_decompose(sub)

@@ -11,7 +11,7 @@ per prompt and where it was (step, grid cell): streamed, no activations are stor
 
 The cache lives in the user's cache folder (``$PAINT_APP_CACHE``, else ``$XDG_CACHE_HOME/paint-app``, else
 ``~/.cache/paint-app``), one entry per model and SAE: ``prepare/<model>/<sae key>/``. The SAE key hashes its
-config and weights, so a moved folder keeps its entry and a retrained SAE gets a new one. ``ConceptLibrary.add``
+config and weights (``paint_app.prepared``, the cache's own module). ``ConceptLibrary.add``
 reads an entry's labels and examples (``use_prepared``) when the SAE's own folder has none.
 
 Work goes in chunks of prompts; each chunk's results are written atomically into ``chunks/`` of every entry, so
@@ -26,10 +26,10 @@ import errno
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,68 +46,15 @@ from sae.examples import TOP_EXAMPLES_NAME, load_top_examples, save_top_examples
 from sae.labels import Label, load_labels, prompt_words, save_labels, word_association_labels
 
 from .errors import PaintError
+from .prepared import ENTRY_NAME, cache_root, entry_folder, read_entry, use_prepared
 
 PROMPTS_FILE = Path(__file__).parent / "assets" / "prompts" / "prepare.txt"
-ENTRY_NAME = "entry.json"
 CHUNK_SIZE = 64  # prompts per chunk: the unit of resuming
 BATCH_SIZE = 4  # prompts per pipeline call
 PER_FEATURE = 8  # top examples kept per feature
 TOP_FRACTION = 0.02  # a feature's top prompts for its words: its strongest 2% (60 of the shipped 3000)
 MIN_TOP = 8
 CLIP_WORDS = 2
-
-
-def cache_root(cache: str | Path | None = None) -> Path:
-    """The user's cache folder for paint-app (never inside the package)."""
-    if cache:
-        return Path(cache).expanduser()
-    if os.environ.get("PAINT_APP_CACHE"):
-        return Path(os.environ["PAINT_APP_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "paint-app"
-
-
-def sae_key(sae) -> str:
-    """An SAE's identity: a hash of its config and weights (where its files are does not matter)."""
-    digest = hashlib.sha256(json.dumps(sae.config.to_dict(), sort_keys=True, default=str).encode())
-    for tensor in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_pre):
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:20]
-
-
-def model_folder_name(model: str) -> str:
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.strip("/"))[-60:]
-    return f"{slug}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
-
-
-def entry_folder(model: str, sae, cache: str | Path | None = None) -> Path:
-    """Where the prepared words and pictures of ``sae`` on ``model`` live."""
-    return cache_root(cache) / "prepare" / model_folder_name(model) / sae_key(sae)
-
-
-def read_entry(folder: Path) -> dict:
-    try:
-        return json.loads((folder / ENTRY_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def use_prepared(entry, profile, cache: str | Path | None = None) -> None:
-    """Give a block (``BlockConcepts``) the labels and top examples ``prepare`` made for its SAE on the profile's
-    model, where its own folder has none."""
-    if profile is None or (entry.labels and entry.examples):
-        return
-    folder = entry_folder(profile.name, entry.sae, cache)
-    if not read_entry(folder).get("complete"):
-        return
-    try:
-        if not entry.labels:
-            entry.labels = load_labels(folder)
-        if not entry.examples and (folder / TOP_EXAMPLES_NAME).is_file():
-            entry.examples = load_top_examples(folder)
-    except SAEError as exc:
-        raise PaintError(f"the prepared words of block {entry.block} in '{folder}' cannot be read ({exc}); delete "
-                         "that folder and run `paint-app prepare` again") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -536,13 +483,12 @@ def prepare_hint(engine) -> str:
             "then start the app again.")
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """The ``prepare`` subcommand of ``paint-app`` (``sub``: its subparsers)."""
-    from .cli import _add_model_args
-
+def add_parser(sub, add_model_args: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+    """The ``prepare`` subcommand of ``paint-app`` (``sub``: its subparsers; ``add_model_args``: the CLI's
+    --model, --sae and --device)."""
     parser = sub.add_parser("prepare", help="give SAEs without labels words and pictures: run the model over a "
                                             "prompt set, label features by their prompts' words, keep top examples")
-    _add_model_args(parser)
+    add_model_args(parser)
     parser.add_argument("--prompts", help="one prompt per line (default: the shipped set of 3000)")
     parser.add_argument("--limit", type=int, help="only the first N prompts")
     parser.add_argument("--steps", type=int, help="denoising steps per image (default: the model's)")
@@ -564,5 +510,4 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["PrepareOptions", "add_parser", "cache_root", "entry_folder", "make_icons", "prepare", "prepare_hint",
-           "prepared_icon", "sae_key", "use_prepared"]
+__all__ = ["PrepareOptions", "add_parser", "make_icons", "prepare", "prepare_hint", "prepared_icon"]
