@@ -21,6 +21,7 @@ from .errors import ModelError, PaintError
 from .models import ModelProfile
 from .modes import MODES, RANKS
 from .painting import Choice, Concept, Recipe
+from .prepared import use_prepared
 from .presets import default_sae_paths, locate_saes
 
 
@@ -138,6 +139,7 @@ class ConceptLibrary:
             raise ModelError(f"--sae {spec!r}: {exc}") from None
         entry = BlockConcepts(block, sae, spec, load_labels(folder), load_factors(folder), prototypes, examples,
                               recipes)
+        use_prepared(entry, profile)  # words and examples `paint-app prepare` made, where the folder has none
         self.blocks[block] = entry
         return entry
 
