@@ -205,6 +205,7 @@ function loadImage(src) {
 async function show() {
   const v = props.value || {};
   if (!v.width) return;
+  if (v.tool) setTool(v.tool);  // e.g. a part of the image picked: the Move tool
   const sameLayer = v.layer === S.layer && v.width === S.w && v.height === S.h;
   const [bg, m] = await Promise.all([loadImage(v.background), loadImage(v.mask)]);
   Object.assign(S, { w: v.width, h: v.height, scale: v.scale, layer: v.layer, color: v.color,

@@ -55,8 +55,38 @@ function build(layer) {
   if (layer.sub) name.append(" ", sub);
   amount.append("how much", slider, shown);
   row.append(pic, name, eye, del, amount);
+  if (layer.scale !== undefined) row.append(partControls(layer));
   row.addEventListener("click", () => { if (!layer.active) send({ action: "select", layer: layer.id }); });
   return row;
+}
+
+// A part of the image (a move layer): its scale (0 erases, 1 as drawn, 2 stronger), "copy" (keep it where it was
+// too) and "erase" (scale 0). The scale goes when the slider is released.
+function partControls(layer) {
+  const box = document.createElement("div");
+  box.className = "ps-part";
+  box.title = layer.summary || "";
+  box.addEventListener("click", (event) => event.stopPropagation());
+  const scale = document.createElement("label");
+  scale.className = "ps-scale";
+  const slider = document.createElement("input");
+  slider.type = "range"; slider.min = "0"; slider.max = "2"; slider.step = "0.1";
+  slider.value = String(layer.scale);
+  slider.title = "Scale: 0 erases, 1 as drawn, 2 stronger";
+  const shown = document.createElement("span");
+  shown.className = "ps-value";
+  shown.textContent = Number(layer.scale).toFixed(1);
+  slider.addEventListener("input", () => { shown.textContent = Number(slider.value).toFixed(1); });
+  slider.addEventListener("change", () => send({ action: "scale", layer: layer.id, value: Number(slider.value) }));
+  scale.append("scale", slider, shown);
+  const copy = button("ps-copy" + (layer.copy ? " ps-on" : ""), "copy",
+                      layer.copy ? "A copy: kept where it was too (click: move it instead)" :
+                                   "Keep it where it was too (a copy)",
+                      () => send({ action: "copy", layer: layer.id, on: !layer.copy }));
+  const erase = button("ps-erase-part", "erase", "Erase it (scale 0)",
+                       () => send({ action: "scale", layer: layer.id, value: 0 }));
+  box.append(scale, copy, erase);
+  return box;
 }
 
 function render() {
