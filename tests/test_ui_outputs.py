@@ -35,7 +35,7 @@ def wired_handlers(page) -> set[str]:
 def test_every_event_updates_what_its_handler_declares(page):
     app = page.paint_app
     ids = {block._id for block in page.blocks.values()}
-    assert len(page.paint_wiring) == 43  # as many events as the page wires (a forgotten one shows here)
+    assert len(page.paint_wiring) == 47  # as many events as the page wires (a forgotten one shows here)
     for event in page.paint_wiring:
         handler = getattr(type(app), event.handler)
         names = declared(handler)
@@ -131,6 +131,16 @@ def every_handler_once(app: PaintApp, tmp_path) -> None:
     app.load_session_file(state, str(broken))
     app.load_session_file(state, saved)
     app.pick_concept(state, ["feature", MID, 1, "blue thing", ""], True)
+    app.find_parts(app.new_state(), None, 3)  # no image yet
+    app.find_parts(state, None, 9)
+    app.find_parts(state, BLOCK, 2)
+    app.part_action(state, {"action": "pick", "index": 0, "name": state.parts[0].name, "token": state.parts_token})
+    app.part_action(state, {"action": "pick", "index": 5, "name": "x", "token": state.parts_token})
+    app.stack_action(state, {"action": "scale", "layer": state.layers[-1].uid, "value": 0})
+    app.stack_action(state, {"action": "copy", "layer": state.layers[-1].uid, "on": True})
+    app.refresh_parts(state, BLOCK, 2)
+    app.generate(state, "a red circle", "", 4, 4, 0, 64, 64)
+    app.refresh_parts(state, BLOCK, 2)
 
 
 def test_every_wired_handler_returns_only_declared_outputs(page, tiny_engine, tmp_path):

@@ -11,12 +11,13 @@ from .generate import GenerateHandlers
 from .inspector import InspectorHandlers
 from .layers import LayerHandlers
 from .palette import PaletteHandlers
+from .parts import PartHandlers
 from .sessions import SessionHandlers
 from .tiles import TileHandlers
 
 
 class PaintApp(GenerateHandlers, LayerHandlers, PaletteHandlers, TileHandlers, InspectorHandlers, FactorHandlers,
-               SessionHandlers):
+               SessionHandlers, PartHandlers):
     """The handlers of the page, over one shared engine."""
 
 

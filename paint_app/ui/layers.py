@@ -19,8 +19,9 @@ from ..modes import MODES, NAMES
 from ..session import MAX_STRENGTH
 from . import state as tab
 from .outputs import CHANGED, EDITED, REPAINTED, Notes, outputs
+from .parts import PART_ACTIONS, scale_of
 from .state import TabState
-from .views import Views
+from .views import Views, is_part
 from .widgets import STACK_ACTIONS, amount_of, parse_action
 
 
@@ -96,18 +97,22 @@ class LayerHandlers(Views):
     @outputs(*CHANGED)
     def stack_action(self, state: TabState, data: Any, live: bool = True) -> dict:
         """A click in the layer stack: select a layer, switch it on or off (its eye), set how much of it acts
-        (its amount, 0..100%), or delete it."""
+        (its amount, 0..100%), or delete it; on a part of the image, set its scale (0 erases) or its copy."""
         notes = Notes()
         try:
-            data = parse_action(data, "layer stack", STACK_ACTIONS)
+            data = parse_action(data, "layer stack", (*STACK_ACTIONS, *PART_ACTIONS))
             uid = data.get("layer")
             layer = state.layer_by_uid(uid) if isinstance(uid, str) else None
             if layer is None:
                 raise PaintError(f"layer stack: 'layer' is {uid!r}; allowed: the id of one of the "
                                  f"{len(state.layers)} layers shown (it may have been deleted meanwhile)")
             action = data["action"]
-            if action == "eye" and not isinstance(data.get("on"), bool):
+            if action in ("eye", "copy") and not isinstance(data.get("on"), bool):
                 raise PaintError(f"layer stack: 'on' is {data.get('on')!r}; allowed: true or false")
+            if action in PART_ACTIONS and not is_part(layer):
+                raise PaintError(f"layer stack: 'action' is {action!r} but layer '{layer.name}' is not a part of the "
+                                 f"image (mode {layer.mode!r}); allowed on it: {', '.join(STACK_ACTIONS)}")
+            scale = scale_of(data) if action == "scale" else None
             amount = amount_of(data, "layer stack") if action == "amount" else None
         except PaintError as exc:
             notes.warn(f"{exc}. The layers are kept.")
@@ -121,6 +126,14 @@ class LayerHandlers(Views):
             notes.info(f"Layer '{layer.name}' is {'on' if data['on'] else 'off'}.")
             return self._change_layer(state, notes, live, lambda target: tab.set_field(target, "enabled", data["on"]),
                                       reload_editor=True, layer=layer)
+        if action == "scale":
+            notes.info(f"Part '{layer.name}' at scale {scale:g}" + (" (erased)." if scale == 0 else "."))
+            return self._change_layer(state, notes, live, lambda target: tab.set_field(target, "strength", scale),
+                                      layer=layer)
+        if action == "copy":
+            notes.info(f"Part '{layer.name}': " + ("a copy, kept where it was too." if data["on"] else "moved."))
+            return self._change_layer(state, notes, live, lambda target: tab.set_field(target, "copy", data["on"]),
+                                      layer=layer)
         notes.info(f"Layer '{layer.name}' acts at {100 * amount:.0f}%.")
         return self._change_layer(state, notes, live, lambda target: tab.set_field(target, "amount", amount),
                                   layer=layer)

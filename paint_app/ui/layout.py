@@ -28,6 +28,7 @@ from .handlers import PaintApp
 from .inspector import FACTOR_HEADERS, INSPECT_HEADERS
 from .outputs import OUTPUT_TARGET
 from .palette import PALETTE_HEADERS
+from .parts import DEFAULT_PARTS
 from .state import new_tab_state
 from .wiring import Wired, Wiring
 
@@ -93,6 +94,13 @@ def components(app: PaintApp, engine: Engine) -> dict[str, Any]:
                                    interactive=False, elem_id="output", buttons=[], height=310)
             C["keep_outside"] = gr.Checkbox(label="Keep the rest of the image", value=True, elem_id="keep-outside")
             C["timing"] = gr.Markdown(elem_id="timing")
+            with gr.Row(equal_height=True, elem_id="parts-row"):
+                C["find_parts"] = gr.Button("Find its parts", elem_id="find-parts", size="sm", scale=2, min_width=90)
+                C["parts_block"] = gr.Dropdown(app.part_blocks(), value=app.default_part_block(), label="Block", show_label=False,
+                                               container=False, elem_id="parts-block", scale=2, min_width=90)
+                C["parts_count"] = gr.Number(value=DEFAULT_PARTS, precision=0, label="Parts (2-8)", show_label=False,
+                                             container=False, elem_id="parts-count", scale=1, min_width=50)
+            C["parts"] = gr.HTML(None, elem_id="parts", **widgets.html_parts("parts"))
         with gr.Column(scale=2, min_width=320, elem_id="palette-col"):
             C["tile_search"] = gr.Textbox(label="Concepts", placeholder="type a word: red, striped, triangle …",
                                           elem_id="tile-search", lines=1, max_lines=1)
@@ -194,8 +202,11 @@ def wire_events(blocks: gr.Blocks, app: PaintApp, C: dict[str, Any],
     settings = ["prompt", "negative", "seed", "steps", "guidance", "width", "height"]
     icons = {"concurrency_id": "icons", "concurrency_limit": 1, "show_progress": "hidden"}
     w.wire("page.load", "start", ["state"]).then(*w.stream("fill_icons", ["state"]), **icons)
-    for trigger in ("generate.click", "prompt.submit"):
-        w.wire(trigger, "generate", ["state", *settings])
+    parts = ["state", "parts_block", "parts_count"]
+    for trigger in ("generate.click", "prompt.submit"):  # the parts follow a new image once they were asked for
+        made = w.wire(trigger, "generate", ["state", *settings])
+        w.wire((f"{trigger}.then", made.then), "refresh_parts", parts, show_progress="hidden")
+    w.wire("find_parts.click", "find_parts", parts)
     w.wire("dice.click", "dice", [], engine=False)
 
     def on_action(run):  # a component's script sent an action as the event's data (canvas, tiles, stack, found)
@@ -212,6 +223,7 @@ def wire_events(blocks: gr.Blocks, app: PaintApp, C: dict[str, Any],
     w.respond("tiles.input", "tile_action", on_action, ["state", "manual"])
     w.respond("stack.input", "stack_action", on_action, ["state", "manual"])
     w.respond("found.input", "found_action", on_action, ["state", "manual"])
+    w.respond("parts.input", "part_action", on_action, ["state", "manual"])
     w.wire("apply.click", "apply", ["state"])
     w.wire("add_layer.click", "add_layer", ["state"], engine=False)
     w.wire("clear_layer.click", "clear_layer", ["state", "manual"], live=True)

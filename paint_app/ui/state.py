@@ -54,6 +54,13 @@ class TabState:
     tiles_token: int = 0  # names the tiles shown: a click on tiles replaced since is refused
     found: list[Found] = field(default_factory=list)  # the inspector's concepts at the last point clicked
     found_token: int = 0
+    parts: list[Any] = field(default_factory=list)  # the parts of the image shown (``decompose.Part``), largest first
+    parts_token: int = 0
+    parts_key: tuple | None = None  # what they are the parts of: (the plain image's fingerprint, block, how many)
+    parts_maps: tuple[str, FeatureMaps] | None = None  # the plain image's feature maps, by its fingerprint
+    part_pictures: list[Image.Image] = field(default_factory=list)  # each part shown, as a picture
+    part_layers: dict[tuple, str] = field(default_factory=dict)  # (parts_key, index) -> the id of its layer
+    layer_pictures: dict[str, Image.Image] = field(default_factory=dict)  # a layer's picture by its id (parts)
 
     def active_layer(self) -> CanvasLayer | None:
         return self.layers[self.active] if 0 <= self.active < len(self.layers) else None

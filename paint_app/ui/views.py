@@ -25,6 +25,11 @@ DEFAULT_PROMPT = "a red circle on grass"
 ACTIVE_COLOR = "#ff2d95"
 
 
+def is_part(layer: CanvasLayer) -> bool:
+    """Whether ``layer`` is a part of the image (``parts``): its mode can copy, and its strength is its scale."""
+    return bool(getattr(MODES.get(layer.mode), "copyable", False))
+
+
 class Views:
     """The engine a page runs on and the views of a tab's painting; the handler groups build on it."""
 
@@ -64,16 +69,24 @@ class Views:
         return tab.add_layer(state, concept, label=label, width=width, height=height,
                              strength=self.profile.layer_strength, step_range=step_range, mask=mask, mode=mode)
 
-    def editor(self, state: TabState) -> dict:
-        """The canvas's value: sent only when the canvas must change (a layer switch, a new image, a move)."""
+    def editor(self, state: TabState, tool: str | None = None) -> dict:
+        """The canvas's value: sent only when the canvas must change (a layer switch, a new image, a move). With
+        ``tool`` ("brush", "eraser", "move"), the canvas switches to that tool."""
         width, height = self.size(state)
         hint = "" if state.active_layer() else "No layer yet: click a concept tile, then paint."
-        return web_canvas.canvas_value(state.base, state.layers, state.active, width, height, ACTIVE_COLOR, hint)
+        value = web_canvas.canvas_value(state.base, state.layers, state.active, width, height, ACTIVE_COLOR, hint)
+        return {**value, "tool": tool} if tool else value
 
     def stack(self, state: TabState) -> dict:
-        """The layer stack's value: each layer with its concept's picture where one was made, else its colour."""
-        icons = [self.cache.icon_of(layer.concept) for layer in state.layers]
-        return stack_value(state.layers, state.active, icons)
+        """The layer stack's value: each layer with its own picture (a part's) or its concept's where one was made,
+        else its colour; a layer whose strength is a scale (a part of the image) with its scale and copy."""
+        icons = [state.layer_pictures.get(layer.uid) or self.cache.icon_of(layer.concept) for layer in state.layers]
+        value = stack_value(state.layers, state.active, icons)
+        for row, layer in zip(value["layers"], state.layers):
+            if is_part(layer):
+                row.update(scale=float(layer.strength), copy=bool(getattr(layer, "copy", False)),
+                           summary=MODES[layer.mode].summary)
+        return value
 
     def tile_grid(self, state: TabState, empty: str = "") -> dict:
         """The tile grid's value: the tiles shown, with the pictures made so far."""
@@ -96,6 +109,8 @@ class Views:
         return (f"**{layer.name}** — {layer.concept.describe()}; "
                 f"offset ({layer.offset[0]}, {layer.offset[1]}) px"
                 + ("; **nothing painted yet**" if layer.is_empty() else "")
+                + (f"; scale {layer.strength:g} (0 erases, 1 as drawn)" + ("; a copy" if layer.copy else "")
+                   if is_part(layer) else "")
                 + (f"; {how.summary}" if how is not None and not how.uses_strength else ""))
 
     @outputs(*PANEL)
@@ -131,4 +146,4 @@ class Views:
         return True
 
 
-__all__ = ["ACTIVE_COLOR", "DEFAULT_PROMPT", "Views"]
+__all__ = ["ACTIVE_COLOR", "DEFAULT_PROMPT", "Views", "is_part"]
