@@ -146,6 +146,7 @@ class Engine:
         """Record now the plain runs the painting's ``move`` layers need (a caller that hooks the UNet's blocks
         calls this before attaching its hooks)."""
         painting = as_painting(painting)
+        self.check_model(painting)
         plan = self.plan(painting)
         with self.lock:
             self._make_sources(plan, painting, self.prompt_embeddings(painting.prompt, painting.negative_prompt,

@@ -131,6 +131,7 @@ def capture_feature_maps(engine: Engine, painting: Painting | Session, blocks: l
     with engine.lock:
         if painting.keep_outside and painting.layers:
             engine.generate(painting.unpainted())  # the plain run keep_outside needs, unseen by the hooks
+        engine.make_sources(painting)  # the plain runs move layers overwrite, unseen by the hooks too
         with _captures_after_edits(engine.pipeline.unet, captures):
             image = engine.generate(painting, replay=False)  # the hooks must see every step
     maps = FeatureMaps(painting.width, painting.height, {name: c.block_map(keep) for name, c in captures.items()})

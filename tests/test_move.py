@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import tiny_sae_folder
+from scipy import ndimage
 
 from paint_app.concepts import ConceptLibrary
 from paint_app.engine import Engine
@@ -188,6 +189,16 @@ def test_copy_with_another_mode_and_a_block_without_an_sae_are_refused(engine):
         engine.source(painting(), "mid_block.attentions.0")
 
 
+def test_feature_maps_of_a_move_painting_see_its_run_only(engine):
+    from paint_app.explore import capture_feature_maps
+
+    moved = painting(move_layer(offset=(8, 4)), seed=21)
+    image, first = capture_feature_maps(engine, moved, [BLOCK])  # the source made first, unseen
+    again, second = capture_feature_maps(engine, moved, [BLOCK])  # the source cached
+    assert np.array_equal(pixels(image), pixels(again))
+    assert np.array_equal(first.blocks[BLOCK].values, second.blocks[BLOCK].values)
+
+
 def test_the_source_is_recorded_once_with_the_plain_run(engine):
     moved = painting(move_layer(offset=(4, 4)), seed=11)
     calls = []
@@ -200,3 +211,34 @@ def test_the_source_is_recorded_once_with_the_plain_run(engine):
         handle.remove()
     assert first == 2 * 3  # the recording (the plain run) and the painted run
     assert len(calls) == first + 3  # the source and the plain run keep_outside needs are cached
+
+
+def test_a_toy_object_moved_by_half_the_image_is_there_and_gone_from_where_it_was(toy):
+    """On the toy model's 8x8 block with the rest of the image kept: the red circle the model drew on the left,
+    dragged 32 px right, is red there and background where it was; erased (scale 0) it is gone; copied it is at
+    both places; beyond both places (and a latent cell around them) the image is the plain one."""
+    from paint_app.toyworld.judges import colour_fractions, foreground, judge_colour
+
+    engine = Engine(toy, ConceptLibrary.load([], toy.profile))
+    settings = dict(model="toy", prompt="a red circle on the left", seed=1, steps=toy.profile.steps,
+                    guidance=toy.profile.guidance, keep_outside=True)
+    plain = pixels(engine.generate(Painting(**settings)))
+    drawn = foreground(plain)
+    assert judge_colour(plain, drawn)[0] == "red" and drawn[:, 32:].sum() == 0
+    cells = np.kron(drawn.reshape(8, 8, 8, 8).any(axis=(1, 3)), np.ones((8, 8))) > 0  # the object's cells
+    goes, gone = np.roll(drawn, 32, axis=1), drawn & ~np.roll(drawn, 32, axis=1)
+    beyond = ~ndimage.binary_dilation(cells | np.roll(cells, 32, axis=1), iterations=4)  # a latent cell is 4 px
+
+    def moved(**edit) -> np.ndarray:
+        layer = Layer(Concept.of_mix("up_blocks.0.attentions.1", {0: 1.0}), cells.astype(np.float32), mode="move",
+                      **edit)
+        return pixels(engine.generate(Painting(**settings, layers=[layer])))
+
+    there = moved(offset=(32, 0))
+    assert colour_fractions(there, goes)["red"] > 0.6
+    assert foreground(there)[gone].mean() < 0.15
+    assert np.array_equal(there[beyond], plain[beyond])
+    erased = moved(offset=(0, 0), strength=0.0)
+    assert foreground(erased)[drawn].mean() < 0.15
+    both = moved(offset=(32, 0), copy=True)
+    assert colour_fractions(both, goes)["red"] > 0.6 and colour_fractions(both, drawn)["red"] > 0.6
