@@ -160,3 +160,20 @@ def test_on_the_toy_a_drawn_circle_moves_and_scale_0_erases_it(toy_app):
     assert colour_fractions(image, there)["red"] >= 0.7 and colour_fractions(image, red)["red"] <= 0.1
     app.stack_action(state, {"action": "scale", "layer": state.active_layer().uid, "value": 0})
     assert colour_fractions(np.asarray(state.output), red)["background"] >= 0.8
+
+
+def test_the_inspectors_maps_of_the_plain_image_are_reused(app, state, monkeypatch):
+    """Nothing painted: the maps the inspector captured are of the image as generated, so finding its parts makes
+    no generation."""
+    from paint_app.ui import parts
+
+    assert not state.has_paint()
+    app.click_image(state, 10, 30, "inspect", True)
+    assert state.maps is not None
+
+    def no_capture(*args, **kwargs):
+        raise AssertionError("the image was generated again")
+
+    monkeypatch.setattr(parts, "capture_feature_maps", no_capture)
+    result = app.find_parts(state, BLOCK, 2)
+    assert len(result["parts"]["parts"]) == 2 and state.parts_maps[1] is state.maps
