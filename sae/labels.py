@@ -115,7 +115,8 @@ def word_association_labels(strongest: torch.Tensor, prompts: list[str], top_fra
       prompts ("photo", "red") does not beat one whose prompts all make the feature fire ("dog");
     - score = the harmonic mean of lift and recall, for words in at least ``min_count`` top prompts.
 
-    The label is the best word, followed by words scoring at least 0.8 x the best (up to ``max_words``).
+    The label is the best word, followed by words scoring at least 0.8 x the best (up to ``max_words``); among
+    equal scores, alphabetical order.
     """
     words_of = [prompt_words(p) for p in prompts]
     vocabulary = sorted(set().union(*words_of)) if words_of else []
@@ -124,25 +125,26 @@ def word_association_labels(strongest: torch.Tensor, prompts: list[str], top_fra
     holds = torch.tensor([[word in words for word in vocabulary] for words in words_of], dtype=torch.float32)
     count_all = holds.sum(0)
     base = count_all / len(prompts)
-    n_top = max(min_top, math.ceil(top_fraction * len(prompts)))
+    n_top = min(max(min_top, math.ceil(top_fraction * len(prompts))), len(prompts))
     labels = {}
-    for feature in range(strongest.shape[1]):
-        column = strongest[: len(prompts), feature]
-        top = column.topk(min(n_top, len(prompts))).indices
-        top = top[column[top] > 0]
-        if top.numel() < 2:
-            continue
-        count_top = holds[top].sum(0)
-        lift = ((count_top / top.numel() - base) / (1 - base).clamp_min(1e-6)).clamp_min(0)
+    for start in range(0, strongest.shape[1], 1024):  # features in blocks: [features, prompts] at a time
+        column = strongest[: len(prompts), start:start + 1024].float()
+        top = column.topk(n_top, dim=0)
+        in_top = torch.zeros(column.shape[1], len(prompts))
+        in_top.scatter_(1, top.indices.T, (top.values.T > 0).float())  # a feature's top prompts where it fired
+        size = in_top.sum(1, keepdim=True)
+        count_top = in_top @ holds
+        lift = ((count_top / size.clamp_min(1) - base) / (1 - base).clamp_min(1e-6)).clamp_min(0)
         recall = count_top / count_all.clamp_min(1)
         score = 2 * lift * recall / (lift + recall).clamp_min(1e-9)
-        score[(base >= 1) | (count_top < min(min_count, top.numel()))] = 0
-        order = torch.argsort(score, descending=True)
-        best = float(score[order[0]])
-        if best <= 0:
-            continue
-        chosen = [vocabulary[i] for i in order[:max_words].tolist() if float(score[i]) >= 0.8 * best]
-        labels[feature] = Label(" ".join(chosen), round(best, 4), "prompt-words")
+        score[(base >= 1).expand_as(score) | (count_top < torch.clamp(size, max=min_count))] = 0
+        score[size[:, 0] < 2] = 0
+        values, order = torch.sort(score, dim=1, descending=True, stable=True)  # ties: alphabetical
+        values, order = values[:, :max_words], order[:, :max_words]
+        for row in (values[:, 0] > 0).nonzero().flatten().tolist():
+            top_score = float(values[row, 0])
+            chosen = [vocabulary[i] for v, i in zip(values[row].tolist(), order[row].tolist()) if v >= 0.8 * top_score]
+            labels[start + row] = Label(" ".join(chosen), round(top_score, 4), "prompt-words")
     return labels
 
 
