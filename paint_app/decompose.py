@@ -14,7 +14,7 @@ import json
 import math
 import threading
 import weakref
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from .engine import Engine
 from .errors import PaintError
 from .explore import BlockMap, ExploreCache, FeatureMaps, capture_feature_maps
 from .painting import Concept, Layer, Painting, quantize_mask
+from .session import Layer as SessionLayer
 from .session import Session, as_painting
 
 DEFAULT_PARTS = 3  # on the toy, 3 parts give the object its own part most often (docs/move.md)
@@ -61,14 +62,9 @@ class Part:
               copy: bool = False) -> Layer:
         """The part as a ``move`` layer: its features at gain 1 over its mask; as drawn (a no-op) until moved
         (``offset`` in pixels), scaled (``scale``: 0 erases, 1 as drawn) or copied."""
-        extra = {}
-        if copy:
-            if "copy" not in {item.name for item in fields(Layer)}:
-                raise PaintError("copy is True but this version's layers cannot copy; allowed: False")
-            extra["copy"] = True
         concept = Concept.of_mix(self.block, {feature: 1.0 for feature in self.weights})
         return Layer(concept, self.mask(width, height), name=self.name, mode="move", strength=float(scale),
-                     offset=(int(offset[0]), int(offset[1])), **extra)
+                     offset=(int(offset[0]), int(offset[1])), copy=bool(copy))
 
     def to_dict(self) -> dict:
         """The part as plain data (``paint-app decompose --json``)."""
@@ -167,11 +163,10 @@ def part_at(parts: list[Part], index: int, field_name: str = "part") -> Part:
 
 def add_part(painting: Painting | Session, part: Part, offset: tuple[int, int] = (0, 0), scale: float = 1.0,
              copy: bool = False) -> Painting | Session:
-    """A copy of ``painting`` (or of a session, keeping its SAE paths) with ``part`` on top as a move layer."""
-    if isinstance(painting, Session):
-        with_part = add_part(painting.to_painting(), part, offset, scale, copy)
-        return Session.of(with_part, saes=painting.saes)
+    """A copy of ``painting`` (or of a session file's ``Session``) with ``part`` on top as a move layer."""
     layer = part.layer(painting.width, painting.height, offset, scale, copy)
+    if isinstance(painting, Session):  # its own layers stay as the file wrote them
+        return replace(painting, layers=[*painting.layers, SessionLayer.of(layer)])
     return replace(painting, layers=[*painting.layers, layer])
 
 
