@@ -186,7 +186,7 @@ class Engine:
     def _make_sources(self, plan: Plan, painting: Painting, embeds: dict) -> None:
         """Fill ``plan.pasted`` for the edits whose mode needs the painting's own plain run (``move``), laid out by
         their mode (``from_source``); an edit that writes nothing once its block's grid is known is left out."""
-        moving = [i for i, edit in enumerate(plan.edits) if edit.how.needs == "source"]
+        moving = [i for i, edit in enumerate(plan.edits) if edit.how.uses_source]
         if not moving:
             return
         plan.validate()

@@ -2,13 +2,13 @@
 
 An ``Edit`` is one concept painted on one block: its features with weights, a soft mask in image pixels, and its
 mode (``paint_app.modes``: each mode says how it acts). A ``Plan`` holds every edit of one generation with what the
-modes need (the SAEs, prototypes, examples, the plain run's recording for ``move``). ``apply_plan`` attaches named hooks (``sae.hooks.attached``): a
-``StepCounter`` on the UNet, and per block with edits a ``BlockEditor`` (modes acting in the SAE's directions:
-add, set, erase) and/or a ``BlockReplacer`` (modes overwriting the block: replace, paste, fill, move), in that order.
-All edits on a block are computed from the unedited activations and add up.
+modes need (the SAEs, prototypes, examples, the plain run's recording for ``move``). ``apply_plan`` attaches named
+hooks (``sae.hooks.attached``): a ``StepCounter`` on the UNet, and per block with edits a ``BlockEditor`` (modes
+acting in the SAE's directions: add, set, erase) and/or a ``BlockReplacer`` (modes overwriting the block: replace,
+paste, fill, move), in that order. All edits on a block are computed from the unedited activations and add up.
 With ``keep_outside`` the engine also blends, after every step, the latents with the unpainted run's outside
-the painted cover c (the latent cells any edit touches: ``EditMode.places``): x = c * x + (1 - c) * x_unpainted, and
-pastes the unpainted pixels back outside c (``paste_outside``).
+the painted cover c (the latent cells any edit touches: ``EditMode.places``): x = c * x + (1 - c) * x_unpainted,
+and pastes the unpainted pixels back outside c (``paste_outside``).
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from sae.prototypes import Prototypes
 
 from .errors import ModelError, PaintError
 from .modes import MODES, NAMES, EditMode
-
-MADE = {"example": "example", "source": "source (the plain run recorded at its block)"}  # what the engine makes
 
 
 @dataclass
@@ -344,11 +342,13 @@ def apply_plan(unet: torch.nn.Module, plan: Plan, cfg: bool = False) -> Iterator
         yield StepCounter()
         return
     plan.validate()
-    missing = [i for i, edit in enumerate(plan.edits) if edit.how.needs in MADE and i not in plan.pasted]
+    missing = [i for i, edit in enumerate(plan.edits)
+               if (edit.how.needs == "example" or edit.how.uses_source) and i not in plan.pasted]
     if missing:
         edit = plan.edits[missing[0]]
-        raise ModelError(f"layers[{missing[0]}].mode is {edit.mode!r} but its {MADE[edit.how.needs]} was not "
-                         "made (Engine.generate makes it)")
+        made = "source (the plain run recorded at its block)" if edit.how.uses_source else "example"
+        raise ModelError(f"layers[{missing[0]}].mode is {edit.mode!r} but its {made} was not made "
+                         "(Engine.generate makes it)")
     counter = StepCounter()
     hooks: list[tuple[torch.nn.Module, str, ModelHook]] = [(unet, "paint-app.steps", counter)]
     for block in plan.blocks():

@@ -28,9 +28,9 @@ class EditMode:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # what a layer of this mode does, in a phrase the page can show
-    # what the mode needs made for it: None, a concept's "prototype" or "example", or the painting's own plain run
-    # recorded at its block ("source"); the engine makes examples and sources (``Plan.pasted``)
-    needs: ClassVar[str | None] = None
+    needs: ClassVar[str | None] = None  # what a concept must have for this mode: None, "prototype" or "example"
+    # overwrites with the painting's own plain run recorded at its block, which the engine makes (``Plan.pasted``)
+    uses_source: ClassVar[bool] = False
     overwrites: ClassVar[bool] = False
     window_is_mask: ClassVar[bool] = False  # the window ``written`` gives is the whole mask on the block's grid
     copyable: ClassVar[bool] = False  # a layer of this mode may set ``copy`` (keep what it moves where it was too)

@@ -34,7 +34,7 @@ class Move(EditMode):
     name = "move"
     summary = ("moves a part of the image by the layer's offset and scales it by the strength (0 erases it, 1 as "
                "drawn); copy keeps it where it was too")
-    needs = "source"
+    uses_source = True
     overwrites = True
     window_is_mask = True
     copyable = True
