@@ -139,7 +139,8 @@ def components(app: PaintApp, engine: Engine) -> dict[str, Any]:
         with gr.Tab("Layer"):
             with gr.Row():
                 C["mode"] = gr.Radio(list(MODES), value="add", label="Mode", elem_id="mode")
-                C["strength"] = gr.Number(label=f"Strength (-{MAX_STRENGTH:g} to {MAX_STRENGTH:g})",
+                C["strength"] = gr.Number(label=f"Strength (-{MAX_STRENGTH:g} to {MAX_STRENGTH:g}; a part's scale: "
+                                                "0 erases, 1 as drawn, 2 stronger)",
                                           value=profile.layer_strength, elem_id="strength")
             with gr.Row(visible=profile.steps > 1):
                 C["step_start"] = gr.Number(label="From step", precision=0, elem_id="step-start")
