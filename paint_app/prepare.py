@@ -225,11 +225,14 @@ def write_chunk(file: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _print_estimate(run: Run, options: PrepareOptions, n_chunks: int, out: TextIO) -> None:
-    """Time one image (one prompt, every step, the SAEs read), and print prompts x that time."""
+    """Time images as the run makes them (a batch, after one image that warms the pipeline up), and print the
+    prompts left x seconds per image."""
     remaining = min(len(run.prompts), n_chunks * options.chunk_size)
-    start = time.perf_counter()
+    batch = list(range(min(options.batch_size, len(run.prompts))))
     _strongest(run, [0])
-    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    _strongest(run, batch)
+    seconds = (time.perf_counter() - start) / len(batch)
     total = seconds * remaining
     print(f"prepare: {remaining} prompts x {run.settings['steps']} step(s) on {len(run.entries)} SAE(s); one image "
           f"took {seconds:.2f} s, so about {_duration(total)} (prompts x seconds per image)", file=out, flush=True)
