@@ -32,7 +32,8 @@ DEFAULT_PARTS = 3  # on the toy, 3 parts give the object its own part most often
 TOP_FEATURES = 8  # a part's layer carries its strongest features (gain 1.0 each)
 CELL_THRESHOLD = 0.5  # a part covers a cell where its map (maximum 1) is at least this
 MASK_FLOOR = 0.1  # below this share of its peak, a part's map is left out of its layer's mask
-PROBE_SEEDS = (0, 1)
+PROBE_SEEDS = 2  # seeds 0 and 1 of each probe prompt
+MIN_PROBES = 4  # without labels to prompt with, more seeds of the empty prompt
 
 _probe_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine -> {settings key: {block: features}}
 _probe_lock = threading.Lock()
@@ -90,10 +91,12 @@ def _normalised(engine: Engine, block: str, block_map: BlockMap) -> np.ndarray:
 
 def probe_paintings(engine: Engine, settings: Painting) -> list[Painting]:
     """A few different images to tell position from content: the palette's probe prompts (the empty prompt and
-    the best-read labels) at ``PROBE_SEEDS``, with ``settings``' size, steps and guidance, nothing painted."""
+    the best-read labels), each at seeds 0 to ``PROBE_SEEDS`` - 1 (more when there are few prompts), with
+    ``settings``' size, steps and guidance, nothing painted."""
     plain = Painting(**settings.settings())
     prompts = [p for p in ExploreCache(engine).probe_prompts() if not engine.prompt_report(p)["truncated"]]
-    return [replace(plain, prompt=prompt, seed=seed) for prompt in prompts for seed in PROBE_SEEDS]
+    seeds = range(max(PROBE_SEEDS, -(-MIN_PROBES // len(prompts))))  # enough images with few labels
+    return [replace(plain, prompt=prompt, seed=seed) for prompt in prompts for seed in seeds]
 
 
 def position_features_of(engine: Engine, block: str, settings: Painting) -> np.ndarray:

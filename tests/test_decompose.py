@@ -315,3 +315,16 @@ def test_cli_errors_name_the_option(cli, tmp_path, argv, message):
     code, out, err = cli(shipped_session(), *argv)
     assert code == 2 and message in err and out == ""
     assert not (tmp_path / "x.json").exists()
+
+
+def test_decompose_on_tiny_random_sd(tiny_engine, one_torch_thread):
+    """A model with few labels: the probes fall back on more seeds of the empty prompt; parts still come."""
+    from paint_app.decompose import decompose_painting, probe_paintings
+    from paint_app.painting import Painting
+
+    painting = Painting(model="tiny-random-sd", prompt="a red thing", width=32, height=32, steps=2)
+    assert len(probe_paintings(tiny_engine, painting)) >= 4
+    parts = decompose_painting(tiny_engine, painting, "down_blocks.0.attentions.0", 2)
+    assert len(parts) == 2 and all(p.map.ndim == 2 and p.map.max() == pytest.approx(1.0) for p in parts)
+    assert parts[0].layer(32, 32).mask.shape == (32, 32)
+    assert all(p.name for p in parts)
