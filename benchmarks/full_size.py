@@ -403,7 +403,7 @@ def timed_generation(engine, painting, stopwatch: Stopwatch) -> tuple[float, Spl
 
 
 def measure(engine, scale: Scale, repeats: int, layer_counts: list[int], workdir: Path, tiny_vae,
-            log=print) -> dict:
+            log=print, warmup: bool = True) -> dict:
     """Everything, interleaved: plain, steered and page repaints; then plain against 1, 4, 16 stacked layers."""
     device = engine.model.device
     pipe = engine.pipeline
@@ -426,9 +426,10 @@ def measure(engine, scale: Scale, repeats: int, layer_counts: list[int], workdir
     stopwatch = Stopwatch(device)
     with stopwatch.attached(pipe):
         page = Page.open(engine, workdir)  # its first image is a plain run: the warm-up of the plain path
-        log("page opened; warming up")
-        timed_generation(engine, steered, stopwatch)
-        page.repaint()
+        if warmup:  # first-call overheads: seconds at most, so a slow CPU run may skip them (--no-warmup)
+            log("page opened; warming up")
+            timed_generation(engine, steered, stopwatch)
+            page.repaint()
         times: dict[str, list[float]] = {"plain": [], "steered": [], "repaint": [], "png": []}
         splits: dict[str, list[Split]] = {"plain": [], "steered": [], "repaint": []}
         for i in range(repeats):
@@ -444,6 +445,9 @@ def measure(engine, scale: Scale, repeats: int, layer_counts: list[int], workdir
             log(f"repeat {i + 1}/{repeats}: plain {times['plain'][-1]:.3f} s, steered {times['steered'][-1]:.3f} s, "
                 f"repaint {total:.3f} s")
         tiny_decode = time_tiny_decode(tiny_vae, scale, device, repeats)
+        log("medians: " + ", ".join(f"{name} {statistics.median(values):.3f} s" for name, values in times.items()) +
+            f"; TAESDXL decode {tiny_decode:.3f} s; repaint UNet {median_split(splits['repaint'])['unet']:.3f} s, "
+            f"VAE {median_split(splits['repaint'])['vae']:.3f} s")
 
         stacked: dict[int, dict] = {}
         if layer_counts:
@@ -581,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layer-counts", type=parse_counts, default=[1, 4, 16])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="skip the warm-up generations (for a slow CPU run; on a GPU keep them)")
     parser.add_argument("--min-available-gib", type=float, default=17.0,
                         help="on a CPU at full scale, refuse to start with less memory available")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT")
@@ -608,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="invalid value encountered in cast")  # random weights
             figures = measure(engine, scale, args.repeats, args.layer_counts, Path(tmp) / "page", built.tiny_vae,
-                              log=lambda line: print(line, flush=True))
+                              log=lambda line: print(line, flush=True), warmup=args.warmup)
     text = report(figures, built, args, device)
     print(text)
     if args.json:

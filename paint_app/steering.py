@@ -236,20 +236,36 @@ class BlockEditor(BlockHook):
 
     def _add_settings(self, delta: torch.Tensor, h_out: torch.Tensor, h_in: torch.Tensor,
                       setting: list[int]) -> None:
-        """Add the edits with a target to ``delta`` [b, H, W, C]; the SAE encodes only the cells they cover."""
+        """Add the edits with a target to ``delta`` [b, H, W, C], all in one pass whatever their number: the SAE
+        encodes the cells they cover once, and their features' changes are one product with the stacked directions."""
         sae = self.sae
         batch, height, width = delta.shape[:3]
         cells = self._covered(tuple(setting), height, width)  # [H, W] bool
         x = site_value(sae.config.site, h_in, h_out).permute(0, 2, 3, 1)[:, cells]  # [b, n_cells, C]
         values, indices = sae.encode_topk(x.to(sae.W_dec.device, sae.W_dec.dtype))
-        change = torch.zeros_like(delta[:, cells])
-        for i in setting:
-            rows = self._rows(self.edits[i], batch)
-            # z_f of each of the edit's features: [b, n_cells, n_e]
-            z = (values[rows, :, None, :] * (indices[rows, :, None, :] == self.features[i][:, None])).sum(-1)
-            mask = self._grid(i, height, width)[cells][:, None]
-            change[rows] += mask * ((self.targets[i] - z) @ self.directions[i])
-        delta[:, cells] += change
+        features, targets, directions, weights = self._stacked(tuple(setting), batch, height, width)
+        z = (values[:, :, None, :] * (indices[:, :, None, :] == features[:, None])).sum(-1)  # [b, n_cells, F]
+        delta[:, cells] += ((targets - z) * weights) @ directions
+
+    def _stacked(self, setting: tuple[int, ...], batch: int, height: int,
+                 width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The setting edits' features side by side (F in all, an edit's feature once per edit that names it):
+        their indices [F], targets [F], directions [F, C], and weights [b, n_cells, F] (the edit's mask at each
+        covered cell, 0 on the rows it does not act on)."""
+        key = ("stacked", setting, batch, height, width)
+        if key not in self._cache:
+            cells = self._covered(setting, height, width)
+            param = self.sae.W_dec
+            weights = []
+            for i in setting:
+                rows = torch.zeros(batch, 1, 1, dtype=param.dtype, device=param.device)
+                rows[self._rows(self.edits[i], batch)] = 1
+                mask = self._grid(i, height, width)[cells][None, :, None]
+                weights.append((rows * mask).expand(batch, mask.shape[1], len(self.features[i])))
+            self._cache[key] = (torch.cat([self.features[i] for i in setting]),
+                                torch.cat([self.targets[i] for i in setting]),
+                                torch.cat([self.directions[i] for i in setting]), torch.cat(weights, dim=-1))
+        return self._cache[key]
 
     def _covered(self, setting: tuple[int, ...], height: int, width: int) -> torch.Tensor:
         key = ("covered", setting, height, width)

@@ -96,3 +96,27 @@ def test_full_size_names_bad_arguments(full_size, capsys):
     with pytest.raises(SystemExit):
         full_size.main(["--repeats", "0"])
     assert "--repeats is 0; allowed: an integer >= 1" in capsys.readouterr().err
+
+
+def test_setting_edits_on_one_block_act_in_one_pass_as_each_alone():
+    """The edits of one block (add, set, erase, a mix; one on the conditional half only; a feature named twice)
+    change the block as the sum of each edit alone: the one-pass product is the per-edit math."""
+    from helpers import make_sae
+
+    from paint_app.steering import BlockEditor, Edit, StepCounter
+
+    sae = make_sae(32, 64, k=4, block="b")
+    generator = torch.Generator().manual_seed(0)
+    masks = [torch.rand(64, 64, generator=generator) * (torch.rand(64, 64, generator=generator) > 0.3)
+             for _ in range(6)]
+    edits = [Edit("b", (3,), masks[0], strength=4.0, mode="add"),
+             Edit("b", (5, 9), masks[1], (1.0, 0.5), strength=2.0, mode="set"),
+             Edit("b", (7,), masks[2], mode="erase"),
+             Edit("b", (5,), masks[3], strength=1.0, mode="set", cond_only=True),
+             Edit("b", (1, 2), masks[4], (1.0, 0.5), strength=3.0, mode="add"),
+             Edit("b", (11,), masks[5], mode="erase", cond_only=True)]
+    h_in, h_out = torch.randn(2, 32, 16, 16, generator=generator), torch.randn(2, 32, 16, 16, generator=generator)
+    together = BlockEditor(edits, sae, StepCounter(), cfg=True).delta(h_out, h_in, tuple(range(len(edits))))
+    alone = sum(BlockEditor([edit], sae, StepCounter(), cfg=True).delta(h_out, h_in, (0,)) for edit in edits)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    assert together.abs().max() > 0 and together[0].abs().max() > 0  # the unconditional row is edited too
