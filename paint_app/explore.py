@@ -24,6 +24,7 @@ from sae.pipelines import get_block
 from .engine import Engine
 from .errors import PaintError
 from .painting import Choice, Concept, Layer, Painting
+from .prepared import keep_icon, kept_icon
 from .session import Session, as_painting
 
 KEEP = 32  # features kept per location
@@ -274,6 +275,8 @@ class ExploreCache:
         choice = tile.choice if hasattr(tile, "choice") else tile
         key = icon_key(choice)
         with self._lock:
+            if key not in self._icons and (kept := kept_icon(self.engine, choice.concept.block, key)) is not None:
+                self._icons[key] = kept  # made by an earlier session and kept by `paint-app prepare`'s cache
             if key not in self._icons:
                 painting = icon_painting(self.neutral_settings(), choice)
                 image = self.engine.generate(painting).convert("RGB")
@@ -282,6 +285,7 @@ class ExploreCache:
                 if max(image.size) > ICON_SIDE:
                     image.thumbnail((ICON_SIDE, ICON_SIDE), Image.BILINEAR)
                 self._icons[key] = image
+                keep_icon(self.engine, choice.concept.block, key, image)
             return self._icons[key]
 
     def cached_icon(self, tile) -> Image.Image | None:

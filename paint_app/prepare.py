@@ -26,11 +26,12 @@ import errno
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -122,11 +123,12 @@ def prepare(options: PrepareOptions, out: TextIO | None = None) -> dict[str, Pat
             for block in run.entries:
                 finish_entry(run, block, options)
     if options.clip or options.icons:
-        engine = _engine(run)
-        if options.clip:
-            add_clip_labels(engine, run, options.clip, options.cache, out=out, progress=options.progress)
-        if options.icons:
-            make_icons(engine, options.icons, options.cache, progress=options.progress)
+        with cache_folder(options.cache):  # the pictures go where this run's entries are
+            engine = _engine(run)
+            if options.clip:
+                add_clip_labels(engine, run, options.clip, out=out, progress=options.progress)
+            if options.icons:
+                make_icons(engine, options.icons, progress=options.progress)
     for block, folder in run.entries.items():
         print(f"{block}: {len(load_labels(folder))} features with words in {folder}", file=out)
     return dict(run.entries)
@@ -336,6 +338,24 @@ def _size(n_bytes: float) -> str:
 # Pictures and CLIP words.
 
 
+@contextmanager
+def cache_folder(cache: str | Path | None) -> Iterator[None]:
+    """``$PAINT_APP_CACHE`` set to ``cache`` meanwhile (nothing changes without one): the engine's pictures
+    (``ExploreCache.icon``) look for entries in the default cache folder."""
+    if not cache:
+        yield
+        return
+    before = os.environ.get("PAINT_APP_CACHE")
+    os.environ["PAINT_APP_CACHE"] = str(cache)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PAINT_APP_CACHE", None)
+        else:
+            os.environ["PAINT_APP_CACHE"] = before
+
+
 def _engine(run: Run):
     from .concepts import ConceptLibrary
     from .engine import Engine
@@ -346,42 +366,20 @@ def _engine(run: Run):
     return Engine(run.loaded, library)
 
 
-def icon_file(model: str, tile, sae, cache: str | Path | None = None) -> Path:
-    """Where a tile's picture (``ExploreCache.icon``) is kept: one PNG per concept and edit."""
-    from .explore import icon_key
-
-    key = hashlib.sha256(repr(icon_key(tile.choice if hasattr(tile, "choice") else tile)).encode()).hexdigest()[:16]
-    return entry_folder(model, sae, cache) / "icons" / f"{key}.png"
+def prepared_icon(explore_cache, tile) -> Image.Image:
+    """A tile's picture (``ExploreCache.icon``), which keeps it as a PNG in the prepare cache once ``prepare`` ran
+    for its SAE, so a later session reads it instead of making it again."""
+    return explore_cache.icon(tile)
 
 
-def prepared_icon(explore_cache, tile, cache: str | Path | None = None) -> Image.Image:
-    """A tile's picture: read from the prepare cache when made before, else made (``ExploreCache.icon``) and kept
-    there as a PNG, so a later session does not make it again."""
-    engine = explore_cache.engine
-    choice = tile.choice if hasattr(tile, "choice") else tile
-    file = icon_file(engine.model.name, choice, engine.concepts.get(choice.concept.block).sae, cache)
-    if file.is_file():
-        with Image.open(file) as image:
-            return image.convert("RGB")
-    image = explore_cache.icon(choice)
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(file.name + ".tmp.png")
-        image.save(tmp)
-        tmp.replace(file)
-    except OSError:
-        file.with_name(file.name + ".tmp.png").unlink(missing_ok=True)  # a picture not kept is made again later
-    return image
-
-
-def make_icons(engine, count: int, cache: str | Path | None = None, progress: bool = True) -> int:
+def make_icons(engine, count: int, progress: bool = True) -> int:
     """Make and keep the pictures of the palette's first ``count`` tiles; returns how many were made."""
     from .explore import ExploreCache
 
     explore = ExploreCache(engine)
     tiles = [t for t in engine.concepts.tiles("", profile=engine.model.profile) if t.paintable][:count]
     for tile in tqdm(tiles, desc="icons", unit="icon", disable=not progress):
-        prepared_icon(explore, tile, cache)
+        prepared_icon(explore, tile)
     return len(tiles)
 
 
@@ -419,7 +417,7 @@ def _features(output) -> torch.Tensor:
     return torch.nn.functional.normalize(tensor.float(), dim=-1)
 
 
-def add_clip_labels(engine, run: Run, clip: str | Path, cache: str | Path | None = None, top: int = CLIP_WORDS,
+def add_clip_labels(engine, run: Run, clip: str | Path, top: int = CLIP_WORDS,
                     out: TextIO | None = None, progress: bool = True) -> int:
     """Score each feature's picture (its ``add`` edit over the neutral scene, as a tile's) against the prompt set's
     words with CLIP and add the ``top`` best words to its label (a feature with no words gets them as its label,
@@ -432,7 +430,7 @@ def add_clip_labels(engine, run: Run, clip: str | Path, cache: str | Path | None
     for block, folder in run.entries.items():
         labels = load_labels(folder)
         features = sorted(load_top_examples(folder)) if (folder / TOP_EXAMPLES_NAME).is_file() else []
-        images = [prepared_icon(explore, feature_choice(engine, block, f), cache)
+        images = [prepared_icon(explore, feature_choice(engine, block, f))
                   for f in tqdm(features, desc=f"pictures {block}", unit="feature", disable=not progress)]
         scores = clip_scores(clip, images, vocabulary) if images else torch.zeros(0, len(vocabulary))
         for feature, row in zip(features, scores):
@@ -496,7 +494,7 @@ def add_parser(sub, add_model_args: Callable[[argparse.ArgumentParser], None]) -
     parser.add_argument("--limit", type=int, help="only the first N prompts")
     parser.add_argument("--steps", type=int, help="denoising steps per image (default: the model's)")
     parser.add_argument("--cache", help="cache folder (default: $PAINT_APP_CACHE, else $XDG_CACHE_HOME/paint-app, "
-                                        "else ~/.cache/paint-app)")
+                                        "else ~/.cache/paint-app); serve reads another one with PAINT_APP_CACHE=DIR")
     parser.add_argument("--clip", help="a folder with CLIP weights (transformers CLIPModel + CLIPProcessor): add "
                                        "CLIP's best words for each feature's picture to its label")
     parser.add_argument("--icons", type=int, default=0, help="make the pictures of this many tiles now (default 0: "

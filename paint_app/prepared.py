@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from sae.errors import SAEError
 from sae.examples import TOP_EXAMPLES_NAME, load_top_examples
@@ -37,12 +39,18 @@ def cache_root(cache: str | Path | None = None) -> Path:
     return Path(base).expanduser() / "paint-app"
 
 
+_SAE_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # an SAE's key, hashed once per loaded SAE
+
+
 def sae_key(sae) -> str:
     """An SAE's identity: a hash of its config and weights (where its files are does not matter)."""
+    if sae in _SAE_KEYS:
+        return _SAE_KEYS[sae]
     digest = hashlib.sha256(json.dumps(sae.config.to_dict(), sort_keys=True, default=str).encode())
     for tensor in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_pre):
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:20]
+    _SAE_KEYS[sae] = digest.hexdigest()[:20]
+    return _SAE_KEYS[sae]
 
 
 def model_folder_name(model: str) -> str:
@@ -80,4 +88,42 @@ def use_prepared(entry, profile, cache: str | Path | None = None) -> None:
                          "that folder and run `paint-app prepare` again") from None
 
 
-__all__ = ["ENTRY_NAME", "cache_root", "entry_folder", "read_entry", "sae_key", "use_prepared"]
+def _icon_file(engine, block: str, key: tuple) -> Path | None:
+    """Where a tile's picture (``key``: ``explore.icon_key``) is kept, when ``prepare`` ran for the block's SAE."""
+    entry = engine.concepts.blocks.get(block)
+    if entry is None:
+        return None
+    folder = entry_folder(engine.model.name, entry.sae)
+    if not read_entry(folder).get("complete"):
+        return None
+    return folder / "icons" / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}.png"
+
+
+def kept_icon(engine, block: str, key: tuple) -> Image.Image | None:
+    """A tile's picture kept by an earlier session (``keep_icon``), if there is one."""
+    file = _icon_file(engine, block, key)
+    if file is None or not file.is_file():
+        return None
+    try:
+        with Image.open(file) as image:
+            return image.convert("RGB")
+    except OSError:
+        return None  # a damaged file: the picture is made again (and written over it)
+
+
+def keep_icon(engine, block: str, key: tuple, image: Image.Image) -> None:
+    """Keep a tile's picture as a PNG in the block's prepare entry (only where ``prepare`` ran: other SAEs leave
+    no files); a full disk only means it is made again next time."""
+    file = _icon_file(engine, block, key)
+    if file is None:
+        return
+    tmp = file.with_name(file.name + ".tmp.png")
+    try:
+        file.parent.mkdir(exist_ok=True)
+        image.save(tmp)
+        tmp.replace(file)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+__all__ = ["ENTRY_NAME", "cache_root", "entry_folder", "read_entry", "sae_key", "keep_icon", "kept_icon", "use_prepared"]

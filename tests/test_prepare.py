@@ -37,6 +37,13 @@ PROMPTS = [
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.fixture(autouse=True)
+def own_cache_folder(tmp_path, monkeypatch):
+    """No test reads or writes the user's cache folder."""
+    monkeypatch.delenv("PAINT_APP_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
 def _block_deltas(pipe) -> list[torch.Tensor]:
     """Per prompt, the block's delta at every step and cell [steps x cells, C], generated as prepare generates
     (its steps, size and seed = prompt id)."""
@@ -223,7 +230,9 @@ def _tiny_clip(folder) -> None:
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
 
 
-def test_clip_adds_its_best_words_for_each_features_picture(tmp_path, prompts_file):
+def test_clip_adds_its_best_words_for_each_features_picture(tmp_path, prompts_file, monkeypatch):
+    from paint_app.explore import ExploreCache
+
     sae = make_sae(64, 8, k=2, block=BLOCK, seed=5)
     sae.save_pretrained(tmp_path / "sae")
     clip = tmp_path / "clip"
@@ -238,17 +247,14 @@ def test_clip_adds_its_best_words_for_each_features_picture(tmp_path, prompts_fi
     folder = next(iter(prep.prepare(options, out=out).values()))
     labels = prep.load_labels(folder)
     assert re.search(r"CLIP words added to \d+ features", out.getvalue())
-
-    run = prep.open_run(options)
-    engine = prep._engine(run)
-    from paint_app.explore import ExploreCache
-
-    vocabulary = sorted(set().union(*(prep.prompt_words(p) for p in PROMPTS)))
     fired = sorted(prep.load_top_examples(folder))
-    assert fired
-    icons = list((folder / "icons").glob("*.png"))
-    assert len(icons) == len(fired)  # the pictures CLIP saw are kept
-    images = [prep.prepared_icon(ExploreCache(engine), prep.feature_choice(engine, BLOCK, f), cache) for f in fired]
+    assert fired and len(list((folder / "icons").glob("*.png"))) == len(fired)  # the pictures CLIP saw are kept
+
+    monkeypatch.setenv("PAINT_APP_CACHE", str(cache))  # a later session, serving from that cache
+    engine = prep._engine(prep.open_run(options))
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: pytest.fail("a kept picture was made again"))
+    images = [prep.prepared_icon(ExploreCache(engine), prep.feature_choice(engine, BLOCK, f)) for f in fired]
+    vocabulary = sorted(set().union(*(prep.prompt_words(p) for p in PROMPTS)))
     scores = prep.clip_scores(clip, images, vocabulary)
     for feature, row in zip(fired, scores):
         best = [vocabulary[i] for i in row.topk(prep.CLIP_WORDS).indices.tolist()]
