@@ -1,7 +1,7 @@
 """Concepts in this image, called as Python: find the image's parts, pick one (a move layer, selected, the canvas on
 the Move tool showing its map), pick it again (no second layer), drag it with the canvas's move edit, scale,
 copy and erase it from its stack row; bad input warns naming the field and keeps the painting; a session with
-parts reloads. On tiny-random-sd, and on the toy, where a red circle the model drew moves and is erased."""
+parts reloads. On tiny-random-sd, and on the toy, where a red circle the model drew moves, is copied and is erased."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def toy_app(tmp_path_factory):
     mp.undo()
 
 
-def test_on_the_toy_a_drawn_circle_moves_and_scale_0_erases_it(toy_app):
+def test_on_the_toy_a_drawn_circle_moves_is_copied_and_scale_0_erases_it(toy_app):
     app, state = toy_app, toy_app.new_state()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -158,6 +158,10 @@ def test_on_the_toy_a_drawn_circle_moves_and_scale_0_erases_it(toy_app):
     image = np.asarray(state.output)
     there = np.roll(red, (32, 32), axis=(0, 1))
     assert colour_fractions(image, there)["red"] >= 0.7 and colour_fractions(image, red)["red"] <= 0.1
+    app.stack_action(state, {"action": "copy", "layer": state.active_layer().uid, "on": True})
+    image = np.asarray(state.output)
+    assert colour_fractions(image, there)["red"] >= 0.7 and colour_fractions(image, red)["red"] >= 0.7
+    app.stack_action(state, {"action": "copy", "layer": state.active_layer().uid, "on": False})
     app.stack_action(state, {"action": "scale", "layer": state.active_layer().uid, "value": 0})
     assert colour_fractions(np.asarray(state.output), red)["background"] >= 0.8
 
