@@ -140,8 +140,9 @@ def open_run(options: PrepareOptions) -> Run:
 
     if options.chunk_size < 1 or options.batch_size < 1:
         raise PaintError(f"chunk size is {options.chunk_size} and batch size {options.batch_size}; both must be >= 1")
-    if options.steps is not None and options.steps < 1:
-        raise PaintError(f"--steps is {options.steps}; it must be >= 1")
+    for name, value in (("--steps", options.steps), ("--limit", options.limit)):
+        if value is not None and value < 1:
+            raise PaintError(f"{name} is {value}; it must be >= 1")
     try:
         prompts = read_prompts(options.prompts_file or PROMPTS_FILE, options.limit)
     except SAEError as exc:
@@ -302,7 +303,8 @@ def _write_json(file: Path, data: dict) -> None:
 
 
 class disk_full_guard:
-    """Turns a full disk while writing into a ``PaintError`` and removes the run's unfinished entries."""
+    """Turns a full disk while writing into a ``PaintError`` and removes the run's unfinished entries (another
+    write error becomes a ``PaintError`` naming the folder, and the finished chunks stay for a rerun)."""
 
     def __init__(self, run: Run, options: PrepareOptions) -> None:
         self.run, self.options = run, options
@@ -311,8 +313,11 @@ class disk_full_guard:
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:
-        if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not isinstance(exc, OSError):
             return False
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise PaintError(f"cannot write the prepare cache '{cache_root(self.options.cache)}' ({exc}); pass "
+                             "--cache DIR to use another folder") from None
         written = [f for folder in self.run.entries.values() for f in (folder / "chunks").rglob("chunk_*.safetensors")]
         n_chunks = len(self.run.chunks(self.options.chunk_size)) * len(self.run.entries)
         need = f"about {_size(sum(f.stat().st_size for f in written) / len(written) * n_chunks)}" if written \

@@ -188,6 +188,16 @@ def test_a_full_disk_stops_with_a_clear_error_and_removes_the_partial_entry(sae_
     assert list((cache / "prepare").rglob("*")) == [next((cache / "prepare").iterdir())]  # the model's folder only
 
 
+def test_the_cli_names_a_bad_field(sae_paths, tmp_path, capsys):
+    from paint_app.cli import main
+
+    base = ["prepare", "--model", MODEL, "--sae", sae_paths[0], "--cache", str(tmp_path), "--device", "cpu"]
+    assert main(base + ["--prompts", str(tmp_path / "missing.txt")]) == 2
+    assert "prompts file" in capsys.readouterr().err
+    assert main(base + ["--limit", "0"]) == 2
+    assert "--limit is 0; it must be >= 1" in capsys.readouterr().err
+
+
 def test_the_palette_says_what_to_run_before_prepare(tmp_path, monkeypatch, sae_paths):
     from helpers import checking
 
@@ -289,3 +299,18 @@ def test_the_shipped_prompt_set_is_what_the_module_makes():
         assert sum(subject in p.split() for p in shipped) >= 10
     counts = [sum(f" {s}" in f" {p}" for p in shipped) for s in subjects()]
     assert min(counts) >= 10  # subjects are dealt round-robin: each in about 3000 / 170 prompts or more
+
+
+def test_another_write_error_names_the_cache_and_keeps_the_finished_chunks(sae_paths, prompts_file, tmp_path,
+                                                                           monkeypatch):
+    write = prep.write_chunk
+
+    def refused(file, tensors):
+        if "chunk_00001" in file.name:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        write(file, tensors)
+
+    monkeypatch.setattr(prep, "write_chunk", refused)
+    with pytest.raises(PaintError, match=rf"cannot write the prepare cache '{re.escape(str(tmp_path))}'"):
+        prep.prepare(_options(sae_paths, prompts_file, tmp_path), out=io.StringIO())
+    assert len(list(tmp_path.rglob("chunk_00000.safetensors"))) == 2  # kept for the rerun
