@@ -73,8 +73,9 @@ def _separating_direction(positives: list[torch.Tensor], negatives: torch.Tensor
 
 @pytest.fixture(scope="module")
 def sae_paths(tmp_path_factory) -> list[str]:
-    """Two unlabelled SAEs; on BLOCK, feature PLANTED reads the direction by which prompts holding WORD differ
-    from the others, with a threshold between the two groups, so it fires only on WORD's prompts."""
+    """Two unlabelled SAEs; on BLOCK, feature PLANTED reads a direction on which some cell of every prompt holding
+    WORD lies above every cell of the other prompts, with its threshold in that gap, so it fires on WORD's prompts
+    only (checked here on the activations; the test then checks what prepare makes of it)."""
     pipe = load_model(MODEL, device="cpu").pipeline
     pipe.set_progress_bar_config(disable=True)
     deltas = _block_deltas(pipe)
