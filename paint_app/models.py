@@ -8,19 +8,20 @@ with a model.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from sae.errors import SAEError
-from sae.pipelines import TINY_NAMES, BlockInfo, load_diffusers_pipeline, unet_blocks
+from sae.pipelines import TINY_NAMES, BlockInfo, known_model_names, load_diffusers_pipeline, unet_blocks
 
 from .errors import ModelError
 from .toyworld import TOY_DIR
 
-__all__ = ["BlockProfile", "ModelProfile", "LoadedModel", "PROFILES", "load_model", "profile_for", "TOY_DIR",
-           "TINY_NAMES"]
+__all__ = ["BlockProfile", "ModelProfile", "LoadedModel", "PROFILES", "load_model", "model_names", "profile_for",
+           "TOY_DIR", "TINY_NAMES"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ def load_model(name_or_path: str, device: str | torch.device | None = "auto",
 
     ``toy`` is the embedded default, package data in ``paint_app.toyworld.TOY_DIR`` (``$PAINT_APP_TOY_DIR`` if set).
     """
+    if not _could_be_model(name_or_path):  # said here: sae lists the toy only where this package is installed
+        raise ModelError(f"model is {name_or_path!r}; allowed: a short name ({', '.join(model_names())}), a hub id "
+                         "(owner/name) or a local diffusers folder")
     if name_or_path == "toy" and not (TOY_DIR / "model_index.json").exists():
         raise ModelError(f"model 'toy' is not built: {TOY_DIR} has no model_index.json; "
                          "train it with `python -m paint_app.toyworld.train`")
@@ -114,6 +118,17 @@ def load_model(name_or_path: str, device: str | torch.device | None = "auto",
     except SAEError as exc:
         raise ModelError(str(exc)) from None
     return LoadedModel(name_or_path, pipe, profile_for(name_or_path, pipe), pipe.unet.device, pipe.unet.dtype)
+
+
+def model_names() -> tuple[str, ...]:
+    """The short names a model loads by: the toy (known here whether or not the package is installed, as on a
+    Space, where ``sae.models`` entry points are not registered), then those ``sae`` knows."""
+    return tuple(dict.fromkeys(("toy", *known_model_names())))
+
+
+def _could_be_model(name: str) -> bool:
+    return not isinstance(name, str) or name in model_names() or Path(name).expanduser().exists() \
+        or re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
 
 
 def profile_for(name: str, pipe) -> ModelProfile:

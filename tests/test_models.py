@@ -123,8 +123,8 @@ def test_derived_profile_lists_every_transformer_block():
 
 @pytest.mark.parametrize("name,match", [
     ("", "model is ''"),
-    ("no such thing at all", "not a built-in name"),
-    ("/definitely/not/here", "not a built-in name"),
+    ("no such thing at all", r"allowed: a short name \(toy, tiny-random-sd, tiny-random-sdxl"),
+    ("/definitely/not/here", r"model is '/definitely/not/here'; allowed: a short name \(toy,"),
 ])
 def test_bad_model_names(name, match):
     with pytest.raises(ModelError, match=match):
