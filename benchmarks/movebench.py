@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from paint_app.decompose import DEFAULT_PARTS, decompose_painting
 from scipy import ndimage
 
+from paint_app.decompose import DEFAULT_PARTS, decompose_painting
 from paint_app.engine import Engine, load_engine
 from paint_app.painting import Painting
 from paint_app.toyworld.bench import EDGE_PX, leakage
