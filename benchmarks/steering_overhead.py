@@ -4,9 +4,12 @@ The steered runs: 4 ``add`` layers; 4 mixed ``add``/``set``/``erase`` layers; 4 
 prototypes made first from two prompts); 4 ``paste`` layers, with their examples cached (as on every repaint after
 the first) and made anew (the first paste of a feature: one more generation).
 
-Also the speedup of a repaint whose prompt did not change (cached text embeddings) over one that encodes it again.
+Also the speedup of a repaint whose prompt did not change (cached text embeddings) over one that encodes it again,
+and how the cost grows with the number of layers on one block (``--layer-counts``: 1, 4 and 16 layers of add, set,
+erase and a mix in turn, soft masks; ``full_size.stacked_painting``, which times the same on SDXL-Turbo's UNet).
 
     python benchmarks/steering_overhead.py [--model tiny-random-sd] [--repeats 30] [--size 64] [--steps 4]
+                                           [--layer-counts 1,4,16]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from full_size import parse_counts, stacked_painting  # noqa: E402  (this folder: on the path when run as a script)
 from helpers import make_sae, save_sae  # noqa: E402
 
 from paint_app.concepts import ConceptLibrary  # noqa: E402
@@ -98,6 +102,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--layer-counts", type=parse_counts, default=[1, 4, 16],
+                        help="layers stacked on one block, timed against plain ('' for none)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,6 +124,11 @@ def main() -> None:
             engine._prompt_cache.clear()
             times["uncached"].append(timed(engine, steered))
             times["cached"].append(timed(engine, steered))
+        stacked = {n: stacked_painting(args.model, BLOCKS[0], n, args.size, args.steps) for n in args.layer_counts}
+        stacked_times: dict[int, list[float]] = {n: [] for n in [0, *args.layer_counts]}
+        for _ in range(args.repeats):
+            for n in stacked_times:
+                stacked_times[n].append(timed(engine, stacked.get(n, plain)))
     device = engine.model.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
     p, a, s, r, v, m, u, c = (statistics.median(times[name]) for name in names)
@@ -131,6 +142,11 @@ def main() -> None:
     print(f"4 paste layers, examples made {m * 1000:8.1f} ms   ratio {m / p:6.3f} (2 examples: 2 more generations)")
     print(f"repaint, prompt re-encoded    {u * 1000:8.1f} ms")
     print(f"repaint, prompt cached        {c * 1000:8.1f} ms   speedup {u / c:6.3f}x")
+    base, fastest = statistics.median(stacked_times[0]), min(stacked_times[0])
+    for n in args.layer_counts:
+        t = statistics.median(stacked_times[n])
+        print(f"{n:2d} layers on {BLOCKS[0]:<18} {t * 1000:8.1f} ms   ratio {t / base:6.3f}, fastest runs' "
+              f"{min(stacked_times[n]) / fastest:6.3f} (plain in the same loop {base * 1000:.1f} ms)")
 
 
 if __name__ == "__main__":
