@@ -65,8 +65,8 @@ class TileHandlers(Views):
         token = state.tiles_token
         missing = [tile for tile in state.tiles if tile.paintable and self.cache.cached_icon(tile) is None
                    and icon_key(tile.choice) not in self.icon_errors]
-        if not missing:
-            yield {}
+        if not missing:  # another tab may have made them since this tab's grid was sent with pictures pending
+            yield {"tiles": self.tile_grid(state), "stack": self.stack(state)} if state.tiles else {}
             return
         sent = time.perf_counter()
         for i, tile in enumerate(missing):
