@@ -50,11 +50,14 @@ def test_pictures_are_made_lazily_streamed_and_cached(app, state):
     app.cache._icons.clear()  # as on a fresh engine
     grid = app.find_tiles(state, "thing")["tiles"]
     assert grid["pending"] == 2 and all(tile["icon"] is None for tile in grid["tiles"])  # names first
+    waiting = app.new_state()  # a tab that opened meanwhile: its grid was sent with the pictures pending
+    assert app.find_tiles(waiting, "thing")["tiles"]["pending"] == 2
     streamed = app.fill_icons(state)
     assert streamed and streamed[-1]["tiles"]["pending"] == 0 and "stack" in streamed[-1]  # layers show them too
     icons = [tile["icon"] for tile in streamed[-1]["tiles"]["tiles"]]
     assert all(icon.startswith("data:image/png;base64,") for icon in icons)
-    assert app.fill_icons(state) == [{}]  # made once per engine: nothing left to make
+    sent = app.fill_icons(waiting)  # made once per engine: nothing left to make, the waiting tab gets them
+    assert len(sent) == 1 and sent[0]["tiles"]["pending"] == 0 and "stack" in sent[0]
     other = app.new_state()
     app.find_tiles(other, "thing")
     assert app.tile_grid(other)["pending"] == 0  # another tab shows them at once
