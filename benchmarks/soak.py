@@ -133,7 +133,9 @@ async def paint(page, record: Context, count: int, start: asyncio.Event, stop_at
             status = await page.locator("#status").inner_text()
             print(f"context {record.index}, stroke {step} ({tool}, row {row:.2f}): no new image within 60 s; "
                   f"the page's status: {status!r}", file=sys.stderr)
-            await page.screenshot(path=f"soak-timeout-{record.index}-{step}.png")
+            shot = Path(tempfile.gettempdir()) / f"soak-timeout-{record.index}-{step}.png"
+            await page.screenshot(path=str(shot))
+            print(f"the page then: {shot}", file=sys.stderr)
             break
         image = await (await page.request.get(seen["src"])).body()
         async with page.expect_download() as download:
