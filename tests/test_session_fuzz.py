@@ -147,7 +147,13 @@ def mutate(data: dict, draw) -> tuple[dict, list[str]]:
         parent = data
         for key in path[:-1]:
             parent = parent[key]
-        op = draw(st.sampled_from(["replace", "replace", "replace", "delete", "extra"]))
+        op = draw(st.sampled_from(["replace", "replace", "replace", "delete", "extra", "png"]))
+        layers = data.get("layers") if isinstance(data, dict) else None
+        if op == "png" and isinstance(layers, list) and layers and all(isinstance(x, dict) for x in layers):
+            index = draw(st.integers(0, len(layers) - 1))  # a PNG mask case on a layer that is otherwise intact
+            layers[index]["mask"] = {"png": draw(MASK_TEXTS)}
+            changed.append(f"layers[{index}].mask")
+            continue
         if not path:  # the root itself
             if op == "replace":
                 data = draw(HOSTILE)
