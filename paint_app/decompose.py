@@ -17,6 +17,7 @@ import weakref
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy import ndimage
 
 from sae.decompose import check_parts, decompose, position_features
 from sae.errors import SAEError
@@ -34,6 +35,7 @@ CELL_THRESHOLD = 0.5  # a part covers a cell where its map (maximum 1) is at lea
 MASK_FLOOR = 0.1  # below this share of its peak, a part's map is left out of its layer's mask
 PROBE_SEEDS = 2  # seeds 0 and 1 of each probe prompt
 MIN_PROBES = 4  # without labels to prompt with, more seeds of the empty prompt
+SMOOTH_CELLS = 3  # the fit sees each cell's code averaged over this many cells square around it
 
 _probe_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine -> {settings key: {block: features}}
 _probe_lock = threading.Lock()
@@ -87,6 +89,16 @@ def _normalised(engine: Engine, block: str, block_map: BlockMap) -> np.ndarray:
     """Dense codes over each feature's typical activation, so that features weigh alike in the fit."""
     sigma = engine.concepts.blocks[block].sae.feature_mean.detach().float().cpu().numpy()
     return dense_codes(block_map) / np.maximum(sigma, 1e-6)
+
+
+def fit_input(codes: np.ndarray) -> np.ndarray:
+    """What the fit sees: each cell's code averaged with its neighbours' (``SMOOTH_CELLS`` square) and scaled to
+    unit length, so that a part is a place of one make-up rather than the cells where some features are strongest.
+
+    On the toy's one-object MoveBench scenes (14 scenes, 3 parts) this raised the best part's IoU with the object
+    from 0.52 to 0.76 on down_blocks.0 and from 0.68 to 0.85 on up_blocks.1 (docs/move.md)."""
+    smooth = ndimage.uniform_filter(codes, size=(SMOOTH_CELLS, SMOOTH_CELLS, 1), mode="nearest")
+    return smooth / np.maximum(np.linalg.norm(smooth, axis=-1, keepdims=True), 1e-6)
 
 
 def probe_paintings(engine: Engine, settings: Painting) -> list[Painting]:
@@ -145,7 +157,7 @@ def decompose_painting(engine: Engine, painting: Painting | Session, block: str,
     codes = _normalised(engine, block, maps.blocks[block])
     excluded = position_features_of(engine, block, painting)
     try:
-        found = decompose(codes, n_parts, exclude=excluded, seed=seed)
+        found = decompose(fit_input(codes), n_parts, exclude=excluded, seed=seed)
     except SAEError as exc:
         raise PaintError(str(exc)) from None
     parts = []

@@ -73,12 +73,9 @@ class PartHandlers(Views):
         return sorted(self.engine.concepts.blocks)
 
     def default_part_block(self) -> str | None:
-        """The block the parts are found on unless another is chosen: the earliest block with an SAE in the model's
-        profile (on the toy, parts move and erase best there: docs/move.md), else ``decompose.default_block``."""
-        loaded = self.engine.concepts.blocks
-        if not loaded:
-            return None
-        return next((block.name for block in self.profile.blocks if block.name in loaded), default_block(self.engine))
+        """The block the parts are found on unless another is chosen: the same as ``paint-app decompose``'s
+        (``decompose.default_block``); None without SAEs."""
+        return default_block(self.engine) if self.engine.concepts.blocks else None
 
     def plain_painting(self, state: TabState) -> Painting:
         """The image as generated (the last Generate's settings, no layers): what a part's layer moves."""
