@@ -1,4 +1,4 @@
-"""``paint-app``: serve the painting app (default), render a session file, list the concepts a model paints."""
+"""``paint-app``: serve the painting app (default), render a session file, list the concepts a model paints, find the parts of an image (decompose), give SAEs words and pictures (prepare)."""
 
 from __future__ import annotations
 
@@ -67,12 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "first, by that mode's measured score")
     features.add_argument("--json", action="store_true", help="one JSON object per line")
     features.add_argument("--limit", type=int, default=0, help="at most this many rows (0: all)")
-    from .prepare import add_parser as add_prepare  # paint-app prepare: its parser and handler live there
+    from .decompose import add_parser as add_decompose  # their parsers and handlers live in their modules
+    from .prepare import add_parser as add_prepare
 
+    add_decompose(sub, _add_model_args)
     add_prepare(sub, _add_model_args)
-    from .decompose import add_parser as add_decompose  # paint-app decompose: its parser and handler live there
-
-    add_decompose(sub)
     return parser
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -189,10 +190,9 @@ def add_part(painting: Painting | Session, part: Part, offset: tuple[int, int] =
 # paint-app decompose
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """The ``decompose`` subcommand on ``paint-app``'s subparsers."""
-    from .cli import _add_model_args
-
+def add_parser(sub, add_model_args: Callable[..., None]) -> argparse.ArgumentParser:
+    """The ``decompose`` subcommand on ``paint-app``'s subparsers (``add_model_args``: the CLI's --model, --sae
+    and --device)."""
     parser = sub.add_parser("decompose", help="list the parts of a session's image on a block (what the model drew, "
                                               "by NMF of the block's SAE codes); --add writes one as a move layer")
     parser.add_argument("session", help="session JSON file")
@@ -206,7 +206,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=float, default=1.0, help="with --add: 0 erases, 1 as drawn, 2 stronger")
     parser.add_argument("--copy", action="store_true", help="with --add: keep the part where it was as well")
     parser.add_argument("--out", help="with --add: the session file to write")
-    _add_model_args(parser, model_default=None)
+    add_model_args(parser, model_default=None)
     parser.set_defaults(handler=run)
     return parser
 

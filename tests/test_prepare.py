@@ -207,7 +207,9 @@ def test_the_palette_says_what_to_run_before_prepare(tmp_path, monkeypatch, sae_
 
     monkeypatch.setenv("PAINT_APP_CACHE", str(tmp_path / "empty-cache"))
     app = checking(PaintApp(load_engine(MODEL, sae_paths, "cpu"), tmp_path / "sessions"))
-    result = app.find_tiles(app.new_state(), "dog")
+    state = app.new_state()
+    assert "These SAEs have no words yet: run `paint-app prepare" in app.start(state)["status"]  # on page load
+    result = app.find_tiles(state, "dog")
     assert "These SAEs have no words yet: run `paint-app prepare --model tiny-random-sd --sae " in result["status"]
     assert re.search(r"\(about \d+ minutes? on this machine: 3000 prompts\)", result["status"]), result["status"]
     assert "These SAEs have no words yet" in result["tiles"]["empty"]

@@ -22,7 +22,7 @@ from ..errors import PaintError, SessionError
 from ..session import Session
 from .handlers import PaintApp
 
-# name -> whether it runs the model (then it waits its turn with the page's own model events)
+# name -> whether it runs the model (then calls wait in their own queue, one at a time)
 ENDPOINTS: dict[str, bool] = {"render": True, "features": False}
 KEPT_IMAGES = 16  # images written for calls still being sent; gradio copies each into its own cache first
 
@@ -81,10 +81,13 @@ def user_errors() -> Iterator[None]:
 
 
 def attach_api(app: PaintApp, gpu: Callable[[Callable], Callable] | None = None) -> PaintApi:
-    """Register ``ENDPOINTS`` in the current ``gr.Blocks``; renders share the page's one-at-a-time engine queue."""
+    """Register ``ENDPOINTS`` in the current ``gr.Blocks``; renders run one at a time in their own queue (the
+    engine's lock keeps them apart from the page's generations)."""
     api = PaintApi(app, gpu)
     for name, runs_model in ENDPOINTS.items():
-        queue = {"concurrency_id": "engine", "concurrency_limit": 1} if runs_model else {}
+        # its own queue: gr.api in the page's "engine" queue broke the page's events (their tab state raced);
+        # the engine's lock runs one generation at a time anyway
+        queue = {"concurrency_id": "api", "concurrency_limit": 1} if runs_model else {}
         gr.api(getattr(api, name), api_name=name, **queue)
     return api
 

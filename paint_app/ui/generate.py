@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import PaintError, as_float, as_int
 from ..painting import Painting
+from ..prepare import prepare_hint
 from ..session import Session
 from . import state as tab
 from .outputs import CHANGED, REPAINTED, SETTINGS, Notes, outputs
@@ -35,7 +36,8 @@ class GenerateHandlers(Views):
         if first is not None and not state.layers:
             self.new_layer(state, first.concept, first.label)
         self.find_tiles_for(state, "")
-        notes.info("Click a concept tile, paint on the canvas: the image beside it follows your strokes.")
+        notes.info(prepare_hint(self.engine) or
+                   "Click a concept tile, paint on the canvas: the image beside it follows your strokes.")
         return {**self.whole_view(state, notes), **self.settings_view(settings), "timing": "",
                 "tiles": self.tile_grid(state),
                 "prompt_notes": self.prompt_notes(settings.prompt, Notes(), quiet=True),
