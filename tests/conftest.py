@@ -125,14 +125,30 @@ class Server:
     app: object  # the PaintApp behind the page
 
 
-@pytest.fixture(scope="module")
-def app_server(tiny_engine, one_torch_thread, tmp_path_factory):
-    """The painting app on tiny-random-sd, served on 127.0.0.1 at a free port from a background thread."""
+def serving(engine, workdir):
+    """The painting app on ``engine``, served on 127.0.0.1 at a free port from a background thread, until closed."""
     from paint_app.ui import LAUNCH_OPTIONS, build_app
 
-    blocks = build_app(tiny_engine, workdir=tmp_path_factory.mktemp("app-sessions"))
+    blocks = build_app(engine, workdir=workdir)
     blocks.queue()
     _, url, _ = blocks.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                               quiet=True, **LAUNCH_OPTIONS)
-    yield Server(url, blocks, blocks.paint_app)
-    blocks.close()
+    return Server(url, blocks, blocks.paint_app)
+
+
+@pytest.fixture(scope="module")
+def app_server(tiny_engine, one_torch_thread, tmp_path_factory):
+    """The painting app on tiny-random-sd, served on a free port."""
+    server = serving(tiny_engine, tmp_path_factory.mktemp("app-sessions"))
+    yield server
+    server.blocks.close()
+
+
+@pytest.fixture(scope="module")
+def toy_server(one_torch_thread, tmp_path_factory):
+    """The painting app on the shipped toy model, as `paint-app` starts it, on a free port: its URL."""
+    from paint_app.engine import load_engine
+
+    server = serving(load_engine("toy", [], "cpu"), tmp_path_factory.mktemp("toy-sessions"))
+    yield server.url
+    server.blocks.close()

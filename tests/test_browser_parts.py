@@ -11,7 +11,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from test_browser import canvas_point, open_page, output_src, shown_image, stack_row, wait_new_output, wait_text
+from test_browser import open_page, output_src, shown_image, stack_row, stroke, wait_new_output, wait_text
 
 from paint_app.toyworld.judges import classify_pixels, colour_fractions
 from paint_app.toyworld.world import COLOUR_NAMES
@@ -20,22 +20,6 @@ from paint_app.ui.parts import FADE
 pytestmark = pytest.mark.browser
 
 PROMPT = "a red circle at the top left on grass"
-
-
-@pytest.fixture(scope="module")
-def toy_url(one_torch_thread, tmp_path_factory):
-    """The painting app on the shipped toy model, on a free port."""
-    from conftest import free_port
-
-    from paint_app.engine import load_engine
-    from paint_app.ui import LAUNCH_OPTIONS, build_app
-
-    blocks = build_app(load_engine("toy", [], "cpu"), workdir=tmp_path_factory.mktemp("toy-parts-sessions"))
-    blocks.queue()
-    _, url, _ = blocks.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                              quiet=True, **LAUNCH_OPTIONS)
-    yield url
-    blocks.close()
 
 
 def part_pictures(page) -> list[tuple[str, np.ndarray]]:
@@ -49,19 +33,8 @@ def part_pictures(page) -> list[tuple[str, np.ndarray]]:
     return pictures
 
 
-def drag(page, start: tuple[float, float], end: tuple[float, float], steps: int = 10) -> None:
-    """Drag on the canvas with real mouse events: press, move in small steps, release."""
-    x0, y0 = canvas_point(page, *start)
-    x1, y1 = canvas_point(page, *end)
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    for i in range(1, steps + 1):
-        page.mouse.move(x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps)
-    page.mouse.up()
-
-
-def test_a_part_the_model_drew_is_dragged_with_the_mouse_and_the_image_follows(chromium, toy_url, screenshots):
-    page = open_page(chromium, toy_url, layer_text="blue")
+def test_a_part_the_model_drew_is_dragged_with_the_mouse_and_the_image_follows(chromium, toy_server, screenshots):
+    page = open_page(chromium, toy_server, layer_text="blue")
     try:
         old = output_src(page)
         page.locator("#prompt textarea").fill(PROMPT)
@@ -88,7 +61,7 @@ def test_a_part_the_model_drew_is_dragged_with_the_mouse_and_the_image_follows(c
         page.wait_for_selector(f'#parts .pp-tile.pp-picked[data-name="{name}"]', state="attached")
         assert page.locator("#stack .ps-row").count() == 2
         assert shown_image(page).tolist() == image.tolist()  # as drawn until moved
-        drag(page, (0.2, 0.17), (0.7, 0.67))  # half the image right and down
+        stroke(page, (0.2, 0.17), (0.7, 0.67))  # with the Move tool on: a drag  # half the image right and down
         old = wait_new_output(page, old)
         wait_text(page, "#layer-info", "offset (32, 32)")
         moved = shown_image(page)

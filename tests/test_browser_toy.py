@@ -29,22 +29,6 @@ from paint_app.toyworld.world import COLOUR_NAMES
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def toy_server(one_torch_thread, tmp_path_factory):
-    """The painting app on the shipped toy model, as `paint-app` starts it, on a free port."""
-    from conftest import free_port
-
-    from paint_app.engine import load_engine
-    from paint_app.ui import LAUNCH_OPTIONS, build_app
-
-    blocks = build_app(load_engine("toy", [], "cpu"), workdir=tmp_path_factory.mktemp("toy-sessions"))
-    blocks.queue()
-    _, url, _ = blocks.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                              quiet=True, **LAUNCH_OPTIONS)
-    yield url
-    blocks.close()
-
-
 def brush_top_left(page) -> None:
     """Two strokes of the widest brush (a third of the image) across the top left of the canvas."""
     page.locator("#canvas .pc-size").fill("21")

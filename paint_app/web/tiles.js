@@ -5,9 +5,12 @@
 const root = element.querySelector(".pt-root");
 const grid = root.querySelector(".pt-grid");
 const empty = root.querySelector(".pt-empty");
+// The newest grid shown. The server's tokens only grow within a tab, so a grid with an older token is a late
+// reply (the picture stream of tiles replaced since) and is not shown over the newer one.
+let shown = null;
 
 function send(action, index, tile) {
-  trigger("input", { action, index, name: tile.name, token: (props.value || {}).token });
+  trigger("input", { action, index, name: tile.name, token: (shown || {}).token });
 }
 
 function picture(tile) {
@@ -56,6 +59,8 @@ function build(tile, index) {
 
 function render() {
   const v = props.value || {};
+  if (shown && Number.isInteger(v.token) && Number.isInteger(shown.token) && v.token < shown.token) return;
+  shown = v;
   const tiles = v.tiles || [];
   const cards = grid.children;
   const same = String(v.token) === root.dataset.token && cards.length === tiles.length;
