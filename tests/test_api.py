@@ -69,7 +69,7 @@ def cli_output(argv: list[str]) -> str:
 
 def test_the_api_page_lists_just_the_named_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert sorted(endpoints) == ["/features", "/render"]
+    assert sorted(endpoints) == ["/decompose", "/features", "/render"]
     assert [p["parameter_name"] for p in endpoints["/render"]["parameters"]] == ["session"]
 
 
@@ -104,3 +104,14 @@ def test_a_bad_session_is_an_error_naming_its_field_and_the_server_keeps_serving
         client.predict(json.dumps({**good, "model": "tiny-random-sd"}), api_name="/render")
     image = Path(client.predict(json.dumps(good), api_name="/render"))
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_decompose_lists_the_parts_paint_app_decompose_lists(client):
+    session = SESSIONS / "red_feature_left_half.json"
+    rows = [json.loads(line) for line in cli_output(["decompose", str(session), "--json"]).splitlines()]
+    got = client.predict(session.read_text(), "", 3, api_name="/decompose")
+    assert len(got) == 3 and got == rows
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="parts is 9; allowed: 2 to 8"):
+        client.predict(session.read_text(), "", 9, api_name="/decompose")

@@ -18,12 +18,13 @@ import gradio as gr
 from sae.errors import SAEError
 
 from ..concepts import tile_row
+from ..decompose import DEFAULT_PARTS, decompose_painting, default_block
 from ..errors import PaintError, SessionError
 from ..session import Session
 from .handlers import PaintApp
 
 # name -> whether it runs the model (then calls wait in their own queue, one at a time)
-ENDPOINTS: dict[str, bool] = {"render": True, "features": False}
+ENDPOINTS: dict[str, bool] = {"render": True, "features": False, "decompose": True}
 KEPT_IMAGES = 16  # images written for calls still being sent; gradio copies each into its own cache first
 
 
@@ -35,6 +36,7 @@ class PaintApi:
         self.folder = Path(tempfile.mkdtemp(prefix="api-", dir=app.workdir))
         self.written: deque[Path] = deque()
         self._generate = gpu(self.app.engine.generate) if gpu is not None else self.app.engine.generate
+        self._decompose = gpu(decompose_painting) if gpu is not None else decompose_painting
 
     def render(self, session: str) -> gr.FileData:
         """Render a session file (its JSON text) on this server's model and SAEs: the PNG that `paint-app render`
@@ -52,6 +54,17 @@ class PaintApi:
         with user_errors():
             rows = [tile_row(t) for t in engine.concepts.tiles(search or "", profile=engine.model.profile)]
         return rows[:limit] if limit > 0 else rows
+
+    def decompose(self, session: str, block: str = "", parts: int = DEFAULT_PARTS) -> list[dict]:
+        """The parts of a session file's image (what the model drew, by NMF of one block's SAE codes), as
+        `paint-app decompose --json` lists them: index, name, block, cells, features, map. `block` empty: the
+        model's default block; `parts`: 2 to 8."""
+        engine = self.app.engine
+        with user_errors():
+            parsed = Session.from_json(session)
+            self.check_saes(parsed)
+            found = self._decompose(engine, parsed, block or default_block(engine), parts)
+        return [part.to_dict() for part in found]
 
     def check_saes(self, session: Session) -> None:
         """A session may name the SAEs it was painted with; the server renders with its own, so they must agree."""
