@@ -27,8 +27,8 @@ from .engine import Engine
 from .errors import PaintError
 from .explore import BlockMap, ExploreCache, FeatureMaps, capture_feature_maps
 from .painting import Concept, Layer, Painting, quantize_mask
+from .session import MAX_STRENGTH, Session, as_painting
 from .session import Layer as SessionLayer
-from .session import Session, as_painting
 
 DEFAULT_PARTS = 3  # on the toy, 3 parts give the object its own part most often (docs/move.md)
 TOP_FEATURES = 8  # a part's layer carries its strongest features (gain 1.0 each)
@@ -63,12 +63,25 @@ class Part:
         return quantize_mask(pixels)
 
     def layer(self, width: int, height: int, offset: tuple[int, int] = (0, 0), scale: float = 1.0,
-              copy: bool = False) -> Layer:
+              copy: bool = False, gains: dict[int, float] | None = None) -> Layer:
         """The part as a ``move`` layer: its features at gain 1 over its mask; as drawn (a no-op) until moved
-        (``offset`` in pixels), scaled (``scale``: 0 erases, 1 as drawn) or copied."""
-        concept = Concept.of_mix(self.block, {feature: 1.0 for feature in self.weights})
+        (``offset`` in pixels), scaled (``scale``: 0 erases, 1 as drawn), copied, or re-weighted (``gains``: some
+        of its features' gains, 1 as drawn, 2 twice as much, 0 without that feature)."""
+        concept = Concept.of_mix(self.block, {**{feature: 1.0 for feature in self.weights},
+                                              **self.checked_gains(gains or {})})
         return Layer(concept, self.mask(width, height), name=self.name, mode="move", strength=float(scale),
                      offset=(int(offset[0]), int(offset[1])), copy=bool(copy))
+
+    def checked_gains(self, gains: dict[int, float], field_name: str = "gains") -> dict[int, float]:
+        """``gains`` checked: only the part's own features, finite numbers within a session's strength range."""
+        for feature, gain in gains.items():
+            if feature not in self.weights:
+                raise PaintError(f"{field_name} names feature {feature}; allowed: this part's features "
+                                 f"{', '.join(map(str, self.weights))}")
+            if not math.isfinite(gain) or abs(gain) > MAX_STRENGTH:
+                raise PaintError(f"{field_name} gives feature {feature} the gain {gain}; allowed: a number from "
+                                 f"-{MAX_STRENGTH:g} to {MAX_STRENGTH:g} (1 as drawn)")
+        return {int(feature): float(gain) for feature, gain in gains.items()}
 
     def to_dict(self) -> dict:
         """The part as plain data (``paint-app decompose --json``)."""
@@ -178,9 +191,10 @@ def part_at(parts: list[Part], index: int, field_name: str = "part") -> Part:
 
 
 def add_part(painting: Painting | Session, part: Part, offset: tuple[int, int] = (0, 0), scale: float = 1.0,
-             copy: bool = False) -> Painting | Session:
-    """A copy of ``painting`` (or of a session file's ``Session``) with ``part`` on top as a move layer."""
-    layer = part.layer(painting.width, painting.height, offset, scale, copy)
+             copy: bool = False, gains: dict[int, float] | None = None) -> Painting | Session:
+    """A copy of ``painting`` (or of a session file's ``Session``) with ``part`` on top as a move layer
+    (``Part.layer``)."""
+    layer = part.layer(painting.width, painting.height, offset, scale, copy, gains)
     if isinstance(painting, Session):  # its own layers stay as the file wrote them
         return replace(painting, layers=[*painting.layers, SessionLayer.of(layer)])
     return replace(painting, layers=[*painting.layers, layer])
@@ -205,6 +219,9 @@ def add_parser(sub, add_model_args: Callable[..., None]) -> argparse.ArgumentPar
                         help="with --add: move the part by DX, DY pixels")
     parser.add_argument("--scale", type=float, default=1.0, help="with --add: 0 erases, 1 as drawn, 2 stronger")
     parser.add_argument("--copy", action="store_true", help="with --add: keep the part where it was as well")
+    parser.add_argument("--gain", action="append", default=[], metavar="FEATURE=GAIN",
+                        help="with --add: re-weight one of the part's features (1 as drawn, 2 twice as much, 0 "
+                             "without it); repeat for several")
     parser.add_argument("--out", help="with --add: the session file to write")
     add_model_args(parser, model_default=None)
     parser.set_defaults(handler=run)
@@ -226,8 +243,9 @@ def run(args: argparse.Namespace) -> int:
     from .engine import load_engine
     from .session import load_session
 
-    if args.add is None and (args.out or args.copy or tuple(args.move) != (0, 0) or args.scale != 1.0):
-        raise PaintError("--out, --move, --scale and --copy need --add K (the part to add)")
+    if args.add is None and (args.out or args.copy or tuple(args.move) != (0, 0) or args.scale != 1.0 or args.gain):
+        raise PaintError("--out, --move, --scale, --copy and --gain need --add K (the part to add)")
+    gains = parse_gains(args.gain)
     if args.add is not None and not args.out:
         raise PaintError("--out is missing; allowed: the session file to write with part --add added")
     check_parts(args.parts, "--parts")
@@ -244,7 +262,8 @@ def run(args: argparse.Namespace) -> int:
     parts = decompose_painting(engine, session, block, args.parts)
     if args.add is not None:
         part = part_at(parts, args.add, "--add")
-        add_part(session, part, tuple(args.move), args.scale, args.copy).save(args.out)
+        add_part(session, part, tuple(args.move), args.scale, args.copy, part.checked_gains(gains, "--gain")) \
+            .save(args.out)
         print(f"wrote {args.out} with part {part.index} ({part.name}) of {block} as layer {len(session.layers)}")
         return 0
     labels = engine.concepts.blocks[block]
@@ -257,5 +276,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_gains(values: list[str]) -> dict[int, float]:
+    """``--gain FEATURE=GAIN`` values as {feature: gain}; an error names ``--gain`` and the form allowed."""
+    gains = {}
+    for value in values:
+        feature, _, gain = value.partition("=")
+        try:
+            gains[int(feature)] = float(gain)
+        except ValueError:
+            raise PaintError(f"--gain is {value!r}; allowed: FEATURE=GAIN, e.g. 12=2.0") from None
+    return gains
+
+
 __all__ = ["CELL_THRESHOLD", "DEFAULT_PARTS", "Part", "add_part", "add_parser", "decompose_painting", "default_block", "dense_codes",
-           "part_at", "part_name", "position_features_of", "probe_paintings", "run"]
+           "parse_gains", "part_at", "part_name", "position_features_of", "probe_paintings", "run"]

@@ -303,6 +303,29 @@ def test_cli_adds_a_part_as_a_move_layer(cli, tmp_path):
     assert loaded.mode == "move" and loaded.offset == (16, -8) and loaded.strength == 0.5
 
 
+def test_cli_re_weights_a_parts_features_and_the_image_changes(cli, toy_engine, tmp_path):
+    """--gain FEATURE=G: what the part is made of, changed; the part unmoved, so only the gain acts."""
+    from paint_app.session import load_session
+
+    listed = tmp_path / "listed.json"
+    code, out, err = cli(shipped_session(), "--parts", "3", "--add", "0", "--out", str(listed))
+    assert code == 0, err
+    feature = next(iter(json.loads(listed.read_text())["layers"][-1]["features"]))
+    gained = tmp_path / "gained.json"
+    code, out, err = cli(shipped_session(), "--parts", "3", "--add", "0", "--gain", f"{feature}=3",
+                         "--out", str(gained))
+    assert code == 0, err
+    features = json.loads(gained.read_text())["layers"][-1]["features"]
+    assert features[feature] == 3.0 and all(w == 1.0 for f, w in features.items() if f != feature)
+    as_drawn = np.asarray(toy_engine.generate(load_session(listed)))
+    assert not np.array_equal(np.asarray(toy_engine.generate(load_session(gained))), as_drawn)
+    code, out, err = cli(shipped_session(), "--parts", "3", "--add", "0", "--gain", "99999=2", "--out",
+                         str(tmp_path / "bad.json"))
+    assert code == 2 and "--gain names feature 99999; allowed: this part's features" in err
+    code, out, err = cli(shipped_session(), "--gain", "x")
+    assert code == 2 and "need --add K" in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--parts", "3", "--add", "5", "--out", "x.json"], "--add is 5; allowed: 0 to 2"),
     (["--parts", "9"], "--parts is 9; allowed: 2 to 8"),
