@@ -35,7 +35,7 @@ def wired_handlers(page) -> set[str]:
 def test_every_event_updates_what_its_handler_declares(page):
     app = page.paint_app
     ids = {block._id for block in page.blocks.values()}
-    assert len(page.paint_wiring) == 47  # as many events as the page wires (a forgotten one shows here)
+    assert len(page.paint_wiring) == 49  # as many events as the page wires (a forgotten one shows here)
     for event in page.paint_wiring:
         handler = getattr(type(app), event.handler)
         names = declared(handler)
@@ -138,6 +138,10 @@ def every_handler_once(app: PaintApp, tmp_path) -> None:
     app.part_action(state, {"action": "pick", "index": 5, "name": "x", "token": state.parts_token})
     app.stack_action(state, {"action": "scale", "layer": state.layers[-1].uid, "value": 0})
     app.stack_action(state, {"action": "copy", "layer": state.layers[-1].uid, "on": True})
+    gains = app.edit_part(state)["factor_weights"]
+    app.apply_gains(state, [[gains[0][0], gains[0][1], 2.0]], True)
+    app.apply_gains(state, [[99999, "", 2.0]], True)
+    app.edit_part(app.new_state())
     app.refresh_parts(state, BLOCK, 2)
     app.generate(state, "a red circle", "", 4, 4, 0, 64, 64)
     app.refresh_parts(state, BLOCK, 2)

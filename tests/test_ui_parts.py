@@ -182,3 +182,25 @@ def test_the_inspectors_maps_of_the_plain_image_are_reused(app, state, monkeypat
     monkeypatch.setattr(parts, "capture_feature_maps", no_capture)
     result = app.find_parts(state, BLOCK, 2)
     assert len(result["parts"]["parts"]) == 2 and state.parts_maps[1] is state.maps
+
+
+def test_a_parts_make_up_is_edited_and_applied_back_to_its_layer(app, state):
+    """The Factors tab's table holds the selected part's features with their gains; applied, the layer's gains
+    change and the image follows; a feature not of the part, or a layer that is no part, is refused."""
+    app.find_parts(state, BLOCK, 3)
+    pick(app, state, 0)
+    layer, before = state.active_layer(), state.output
+    rows = app.edit_part(state)["factor_weights"]
+    assert [row[0] for row in rows] == list(layer.concept.weights) and all(row[2] == 1.0 for row in rows)
+    result = app.apply_gains(state, [[rows[0][0], rows[0][1], 3.0]], True)
+    assert state.active_layer() is layer and layer.concept.weights[rows[0][0]] == 3.0
+    assert all(w == 1.0 for f, w in layer.concept.weights.items() if f != rows[0][0])
+    assert "output" in result and state.output is not before
+    kept = dict(layer.concept.weights)
+    other = next(f for f in range(app.engine.concepts.get(BLOCK).sae.n_features) if f not in kept)
+    with pytest.warns(UserWarning, match=f"feature {other} is not one of part"):
+        app.apply_gains(state, [[other, "", 2.0]], True)
+    assert layer.concept.weights == kept
+    app.add_layer(state)
+    with pytest.warns(UserWarning, match="not a part of the image"):
+        app.edit_part(state)

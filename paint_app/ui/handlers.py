@@ -6,7 +6,7 @@ Each handler takes the tab's ``TabState`` and plain values and returns a dict of
 
 from __future__ import annotations
 
-from .factors import FactorHandlers
+from .factors import FactorHandlers, PartGainHandlers
 from .generate import GenerateHandlers
 from .inspector import InspectorHandlers
 from .layers import LayerHandlers
@@ -17,7 +17,7 @@ from .tiles import TileHandlers
 
 
 class PaintApp(GenerateHandlers, LayerHandlers, PaletteHandlers, TileHandlers, InspectorHandlers, FactorHandlers,
-               SessionHandlers, PartHandlers):
+               SessionHandlers, PartHandlers, PartGainHandlers):
     """The handlers of the page, over one shared engine."""
 
 

@@ -191,6 +191,9 @@ def components(app: PaintApp, engine: Engine) -> dict[str, Any]:
                 C["factor_pick"] = gr.Dropdown(app.factor_choices(), label="Factor", elem_id="factor-pick")
                 C["concept_name"] = gr.Textbox(label="Name of the new concept", elem_id="concept-name")
                 C["save_factor"] = gr.Button("Save as a concept of my own", elem_id="save-factor")
+            with gr.Row():  # the same table for a part of the image: its features' gains
+                C["edit_part"] = gr.Button("Edit the selected part's make-up", elem_id="edit-part")
+                C["apply_gains"] = gr.Button("Apply to the part", elem_id="apply-gains")
             C["factor_weights"] = gr.Dataframe(headers=WEIGHT_HEADERS, interactive=True, type="array",
                                                elem_id="factor-weights",
                                                label="Features and weights (edit the weights)")
@@ -273,6 +276,8 @@ def wire_events(blocks: gr.Blocks, app: PaintApp, C: dict[str, Any],
     w.wire("factor_pick.input", "pick_factor", ["state", "factor_pick"], engine=False)
     w.wire("save_factor.click", "save_factor", ["state", "factor_pick", "factor_weights", "concept_name"],
            engine=False).then(*w.stream("fill_icons", ["state"]), **icons)
+    w.wire("edit_part.click", "edit_part", ["state"], engine=False)
+    w.wire("apply_gains.click", "apply_gains", ["state", "factor_weights", "manual"], live=True)
     w.wire("session_upload.upload", "load_session_file", ["state", "session_upload"], reset=("session_upload",))
     for button, name, file in (("download", "download_session", "session_download"),
                                ("download_image", "download_image", "image_download")):
