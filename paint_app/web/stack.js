@@ -40,15 +40,8 @@ function build(layer) {
   const amount = document.createElement("label");
   amount.className = "ps-amount";
   amount.addEventListener("click", (event) => event.stopPropagation());
-  const slider = document.createElement("input");
-  slider.type = "range"; slider.min = "0"; slider.max = "100"; slider.step = "5";
-  slider.value = String(layer.amount);
-  slider.title = "How much of this layer acts";
-  const shown = document.createElement("span");
-  shown.className = "ps-value";
-  shown.textContent = `${layer.amount}%`;
-  slider.addEventListener("input", () => { shown.textContent = `${slider.value}%`; });
-  slider.addEventListener("change", () => send({ action: "amount", layer: layer.id, value: Number(slider.value) }));
+  const [slider, shown] = valueSlider([0, 100, 5], layer.amount, "How much of this layer acts",
+                                     (value) => `${value}%`, (value) => ({ action: "amount", layer: layer.id, value }));
   const sub = document.createElement("span");
   sub.className = "ps-sub";
   sub.textContent = layer.sub;
@@ -69,15 +62,9 @@ function partControls(layer) {
   box.addEventListener("click", (event) => event.stopPropagation());
   const scale = document.createElement("label");
   scale.className = "ps-scale";
-  const slider = document.createElement("input");
-  slider.type = "range"; slider.min = "0"; slider.max = "2"; slider.step = "0.1";
-  slider.value = String(layer.scale);
-  slider.title = "Scale: 0 erases, 1 as drawn, 2 stronger";
-  const shown = document.createElement("span");
-  shown.className = "ps-value";
-  shown.textContent = Number(layer.scale).toFixed(1);
-  slider.addEventListener("input", () => { shown.textContent = Number(slider.value).toFixed(1); });
-  slider.addEventListener("change", () => send({ action: "scale", layer: layer.id, value: Number(slider.value) }));
+  const [slider, shown] = valueSlider([0, 2, 0.1], layer.scale, "Scale: 0 erases, 1 as drawn, 2 stronger",
+                                     (value) => Number(value).toFixed(1),
+                                     (value) => ({ action: "scale", layer: layer.id, value }));
   scale.append("scale", slider, shown);
   const copy = button("ps-copy" + (layer.copy ? " ps-on" : ""), "copy",
                       layer.copy ? "A copy: kept where it was too (click: move it instead)" :
@@ -87,6 +74,21 @@ function partControls(layer) {
                        () => send({ action: "scale", layer: layer.id, value: 0 }));
   box.append(scale, copy, erase);
   return box;
+}
+
+// A range slider [min, max, step] with its value shown beside it (``format``); the action ``actionOf(value)`` is
+// sent when the slider is released.
+function valueSlider([min, max, step], value, title, format, actionOf) {
+  const slider = document.createElement("input");
+  slider.type = "range"; slider.min = String(min); slider.max = String(max); slider.step = String(step);
+  slider.value = String(value);
+  slider.title = title;
+  const shown = document.createElement("span");
+  shown.className = "ps-value";
+  shown.textContent = format(value);
+  slider.addEventListener("input", () => { shown.textContent = format(slider.value); });
+  slider.addEventListener("change", () => send(actionOf(Number(slider.value))));
+  return [slider, shown];
 }
 
 function render() {
